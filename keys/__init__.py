@@ -1,0 +1,1 @@
+"""Key hierarchy: key-encryption-key (KEK) providers and per-template data keys."""

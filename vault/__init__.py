@@ -1,0 +1,1 @@
+"""Tokenvault service: format-preserving tokenization over gRPC."""

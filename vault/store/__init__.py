@@ -1,0 +1,1 @@
+"""PostgreSQL storage: connection pool, schema migrations and repositories."""
