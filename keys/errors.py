@@ -1,0 +1,51 @@
+"""Errors of the key hierarchy: KEK providers and data keys.
+
+No message contains key material, a passphrase or a wrapped key. Messages name providers, key
+ids, versions, templates and file paths, so callers may log them.
+"""
+
+from __future__ import annotations
+
+
+class KeyProviderError(Exception):
+    """Base class of every error that a KEK provider or the data key manager raises."""
+
+
+class KekUnavailable(KeyProviderError):
+    """The KEK provider cannot be reached or was closed. A later retry may succeed."""
+
+    def __init__(self, provider: str, reason: str) -> None:
+        # Both values go to args so that the exception survives pickling.
+        super().__init__(provider, reason)
+        self.provider = provider
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"KEK provider {self.provider} is unavailable: {self.reason}"
+
+
+class UnwrapError(KeyProviderError):
+    """A wrapped key failed authentication: wrong KEK, wrong associated data or a modified blob.
+
+    Raised with no message, like ``cryptography.exceptions.InvalidTag``, because the cause cannot
+    be distinguished and any detail would help an attacker probe the blob.
+    """
+
+
+class KekNotFound(KeyProviderError):
+    """The provider has no KEK with the requested provider name, key id or version."""
+
+
+class DataKeyNotFound(KeyProviderError):
+    """A data key version does not exist, or a template has no active version of a purpose."""
+
+
+class KeyDestroyed(KeyProviderError):
+    """A data key version was destroyed, so what it protected can no longer be decrypted."""
+
+
+class KekConfigError(KeyProviderError):
+    """A KEK setting is invalid: a malformed file, unsafe permissions or a missing passphrase.
+
+    The message names the problem and the fix.
+    """
