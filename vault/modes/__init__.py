@@ -1,0 +1,1 @@
+"""The two ways a value becomes a token: vaultless (FF1) and vaulted (random, stored)."""

@@ -1,0 +1,323 @@
+"""Tokenize and detokenize batches: input checks, scopes, modes and the audit trail.
+
+The servicer translates protobuf messages to the types here and each ``TokenvaultError`` to a
+gRPC status. Item problems become item results; only whole-request problems raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vault.errors import (
+    InvalidValue,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    TokenvaultError,
+    Unavailable,
+)
+from vault.formats.base import Mode, Side, Split, Template
+from vault.identity import Caller
+from vault.modes.vaulted import Revealed, TokenizeJob, VaultedTokenizer
+from vault.modes.vaultless import VaultlessTokenizer
+from vault.policy import Policy
+from vault.store.audit import AuditEvent, AuditLog, token_digest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_ITEMS = 10_000
+MAX_INPUT_CHARS = 1024
+MAX_REFERENCE_CHARS = 128
+MAX_PURPOSE_CHARS = 256
+MAX_METADATA_ENTRIES = 16
+MAX_METADATA_VALUE_CHARS = 256
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TEMPLATE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True, repr=False)
+class TokenizeItem:
+    template: str
+    value: str
+    reference: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, repr=False)
+class DetokenizeItem:
+    template: str
+    token: str
+    reference: str = ""
+
+
+@dataclass(repr=False)
+class ItemResult:
+    reference: str
+    output: str | None = None
+    error: TokenvaultError | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class TokenizationService:
+    def __init__(
+        self,
+        *,
+        templates: Mapping[str, Template],
+        policy: Callable[[], Policy],
+        vaultless: VaultlessTokenizer,
+        vaulted: VaultedTokenizer,
+        audit: AuditLog,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+    ) -> None:
+        self.templates = dict(templates)
+        self.max_batch_items = max_batch_items
+        self._policy = policy
+        self._vaultless = vaultless
+        self._vaulted = vaulted
+        self._audit = audit
+
+    async def tokenize(
+        self, caller: Caller, items: Sequence[TokenizeItem], *, request_id: str
+    ) -> list[ItemResult]:
+        self._check_batch_size(len(items))
+        policy = self._policy()
+        results = [ItemResult(reference=item.reference) for item in items]
+        self._check_templates_and_scopes(
+            [item.template for item in items], results,
+            allowed=lambda template: policy.allows(caller.identity, "tokenize", template),
+            scope="tokenize",
+        )
+
+        vaultless_jobs: list[tuple[int, Template, Split]] = []
+        vaulted_jobs: list[tuple[int, TokenizeJob]] = []
+        for position, item in enumerate(items):
+            if results[position].error is not None:
+                continue
+            try:
+                _check_reference(item.reference)
+                template = self.templates[item.template]
+                _check_metadata(template, item.metadata)
+                split = template.split(_bounded(item.value, "value"), Side.VALUE)
+            except TokenvaultError as error:
+                results[position].error = error
+                continue
+            if template.mode is Mode.VAULTLESS:
+                vaultless_jobs.append((position, template, split))
+            else:
+                vaulted_jobs.append((position, TokenizeJob(template, split, dict(item.metadata))))
+
+        if vaultless_jobs:
+            outputs = await self._vaultless.tokenize([(t, s) for _, t, s in vaultless_jobs])
+            for (position, _, _), output in zip(vaultless_jobs, outputs, strict=True):
+                _store(results[position], output)
+        if vaulted_jobs:
+            vaulted_outputs = await self._vaulted.tokenize([job for _, job in vaulted_jobs])
+            for (position, _), output in zip(vaulted_jobs, vaulted_outputs, strict=True):
+                _store(results[position], output)
+
+        _log_outcome("tokenize", caller, request_id, results)
+        return results
+
+    async def detokenize(
+        self,
+        caller: Caller,
+        items: Sequence[DetokenizeItem],
+        *,
+        masked: bool,
+        purpose: str,
+        request_id: str,
+    ) -> list[ItemResult]:
+        self._check_batch_size(len(items))
+        if len(purpose) > MAX_PURPOSE_CHARS:
+            raise InvalidValue("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
+        policy = self._policy()
+        scope = "detokenize.masked" if masked else "detokenize"
+        results = [ItemResult(reference=item.reference) for item in items]
+        self._check_templates_and_scopes(
+            [item.template for item in items], results,
+            allowed=lambda template: policy.may_detokenize(caller.identity, template, masked=masked),
+            scope=scope,
+            raise_when_all_fail=False,
+        )
+
+        splits: dict[int, Split] = {}
+        vaultless_jobs: list[tuple[int, Template, Split]] = []
+        vaulted_jobs: list[tuple[int, Template, Split]] = []
+        for position, item in enumerate(items):
+            if results[position].error is not None:
+                continue
+            try:
+                _check_reference(item.reference)
+                template = self.templates[item.template]
+                split = template.split(_bounded(item.token, "token"), Side.TOKEN)
+            except TokenvaultError as error:
+                results[position].error = error
+                continue
+            splits[position] = split
+            jobs = vaultless_jobs if template.mode is Mode.VAULTLESS else vaulted_jobs
+            jobs.append((position, template, split))
+
+        if vaultless_jobs:
+            outputs = await self._vaultless.detokenize([(t, s) for _, t, s in vaultless_jobs])
+            for (position, _, _), output in zip(vaultless_jobs, outputs, strict=True):
+                _store(results[position], output)
+        if vaulted_jobs:
+            revealed = await self._vaulted.detokenize([(t, s) for _, t, s in vaulted_jobs])
+            for (position, _, _), outcome in zip(vaulted_jobs, revealed, strict=True):
+                _store(results[position], outcome)
+
+        if masked:
+            for position, result in enumerate(results):
+                if result.output is not None:
+                    result.output = self.templates[items[position].template].mask(result.output)
+
+        await self._write_audit(caller, items, results, splits, masked, purpose, request_id)
+        self._raise_if_all_failed(results)
+        _log_outcome("detokenize", caller, request_id, results)
+        return results
+
+    def template_scopes(self, caller: Caller) -> list[tuple[Template, list[str]]]:
+        policy = self._policy()
+        return [
+            (template, policy.granted_for_template(caller.identity, name))
+            for name, template in sorted(self.templates.items())
+        ]
+
+    # Whole-request checks
+
+    def _check_batch_size(self, count: int) -> None:
+        if count == 0:
+            raise InvalidValue("items", f"must contain 1 to {self.max_batch_items} items")
+        if count > self.max_batch_items:
+            raise ResourceExhausted(
+                f"items: {count} items exceed the limit of {self.max_batch_items} per request;"
+                " split the batch"
+            )
+
+    def _check_templates_and_scopes(
+        self,
+        names: Sequence[str],
+        results: list[ItemResult],
+        *,
+        allowed: Callable[[str], bool],
+        scope: str,
+        raise_when_all_fail: bool = True,
+    ) -> None:
+        """Mark items with unknown templates or missing scopes.
+
+        Raises when every item fails for the same reason and ``raise_when_all_fail`` is set;
+        detokenize clears it so it can audit denied items before failing the call.
+        """
+        for position, name in enumerate(names):
+            if name not in self.templates:
+                results[position].error = NotFound(f"template: {_printable_name(name)} is not defined")
+            elif not allowed(name):
+                results[position].error = PermissionDenied(f"{scope}:{name}")
+        if raise_when_all_fail:
+            self._raise_if_all_failed(results)
+
+    @staticmethod
+    def _raise_if_all_failed(results: Sequence[ItemResult]) -> None:
+        errors = [result.error for result in results]
+        if all(isinstance(error, NotFound) and str(error).startswith("template:") for error in errors):
+            raise errors[0]  # type: ignore[misc]
+        if all(isinstance(error, PermissionDenied) for error in errors):
+            raise errors[0]  # type: ignore[misc]
+
+    async def _write_audit(
+        self,
+        caller: Caller,
+        items: Sequence[DetokenizeItem],
+        results: Sequence[ItemResult],
+        splits: Mapping[int, Split],
+        masked: bool,
+        purpose: str,
+        request_id: str,
+    ) -> None:
+        events = []
+        for position, (item, result) in enumerate(zip(items, results, strict=True)):
+            split = splits.get(position)
+            events.append(AuditEvent(
+                caller=caller.identity,
+                operation="detokenize",
+                template=item.template[:64],
+                token_digest=token_digest(item.template, split.canonical) if split else None,
+                reference=item.reference[:MAX_REFERENCE_CHARS],
+                reveal="masked" if masked else "full",
+                purpose=purpose,
+                outcome="revealed" if result.error is None else "failed",
+                status_code=status_name(result.error),
+                request_id=request_id,
+            ))
+        try:
+            await self._audit.record(events)
+        except Exception as exc:
+            # Fail closed: a value is never returned unless its audit event is stored.
+            logger.error(
+                "audit write failed; detokenize refused",
+                extra={"request_id": request_id, "caller": caller.identity, "error": type(exc).__name__},
+            )
+            raise Unavailable("audit trail could not be written; no value was revealed") from None
+
+
+def status_name(error: TokenvaultError | None) -> str:
+    """Return the gRPC status name that ``error`` maps to (``OK`` for no error)."""
+    from vault.status import status_code_for
+
+    return "OK" if error is None else status_code_for(error).name
+
+
+def _store(result: ItemResult, output: str | Revealed | TokenvaultError) -> None:
+    if isinstance(output, TokenvaultError):
+        result.error = output
+    elif isinstance(output, Revealed):
+        result.output = output.value
+        result.metadata = output.metadata
+    else:
+        result.output = output
+
+
+def _bounded(text: str, field_name: str) -> str:
+    if len(text) > MAX_INPUT_CHARS:
+        raise InvalidValue(field_name, f"must be at most {MAX_INPUT_CHARS} characters")
+    return text
+
+
+def _check_reference(reference: str) -> None:
+    if len(reference) > MAX_REFERENCE_CHARS:
+        raise InvalidValue("reference", f"must be at most {MAX_REFERENCE_CHARS} characters")
+
+
+def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
+    if not metadata:
+        return
+    if template.mode is Mode.VAULTLESS:
+        raise InvalidValue("metadata", f"template {template.name} is vaultless and stores nothing")
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidValue("metadata", f"must have at most {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise InvalidValue("metadata", "keys must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidValue("metadata", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters")
+
+
+def _printable_name(name: str) -> str:
+    return repr(name) if _TEMPLATE_NAME.match(name) else "the requested template"
+
+
+def _log_outcome(operation: str, caller: Caller, request_id: str, results: Sequence[ItemResult]) -> None:
+    failed = sum(1 for result in results if result.error is not None)
+    logger.info(
+        "%s completed",
+        operation,
+        extra={
+            "request_id": request_id,
+            "caller": caller.identity,
+            "items": len(results),
+            "failed": failed,
+        },
+    )
