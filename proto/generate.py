@@ -35,7 +35,9 @@ def generate(output_dir: Path) -> None:
     """Run protoc for every .proto file under proto/tokenvault/v1 into output_dir."""
     from grpc_tools import protoc
 
-    sources = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PACKAGE_DIR).glob("*.proto"))
+    sources = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PACKAGE_DIR).glob("*.proto")
+    )
     args = ["grpc_tools.protoc"]
     args += [f"-I{d}" for d in _include_dirs()]
     args += [

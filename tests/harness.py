@@ -128,9 +128,13 @@ class ServiceHarness:
         pki.write_certificate(self.folder / "server.pem", server.certificate, overwrite=True)
         pki.write_private_key(self.folder / "server-key.pem", server.private_key, overwrite=True)
         for caller in CALLERS:
-            issued = pki.issue_client_certificate(ca, common_name=caller, spiffe_id=spiffe_id(caller))
+            issued = pki.issue_client_certificate(
+                ca, common_name=caller, spiffe_id=spiffe_id(caller)
+            )
             pki.write_certificate(self.folder / f"{caller}.pem", issued.certificate, overwrite=True)
-            pki.write_private_key(self.folder / f"{caller}-key.pem", issued.private_key, overwrite=True)
+            pki.write_private_key(
+                self.folder / f"{caller}-key.pem", issued.private_key, overwrite=True
+            )
 
         # A client from a CA the server does not trust, with an identity the policy grants.
         stranger_ca = pki.create_ca("Some other CA")
@@ -138,7 +142,9 @@ class ServiceHarness:
             stranger_ca, common_name="gateway", spiffe_id=spiffe_id("gateway")
         )
         pki.write_certificate(self.folder / "stranger.pem", stranger.certificate, overwrite=True)
-        pki.write_private_key(self.folder / "stranger-key.pem", stranger.private_key, overwrite=True)
+        pki.write_private_key(
+            self.folder / "stranger-key.pem", stranger.private_key, overwrite=True
+        )
 
         LocalKekProvider.create(self.folder / "kek.json").close()
         (self.folder / "policy.toml").write_text(self.policy)

@@ -1,4 +1,4 @@
-"""The `tokenvault` command as a user runs it: dev server with demo, serve checks, client commands."""
+"""The `tokenvault` command as a user runs it: dev with demo, serve checks, client commands."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import ServiceHarness
+
 from vault.store.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tokenvault(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def tokenvault(
+    *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - fixed command
         [sys.executable, "-m", "vault", *args],
         input=stdin,
@@ -37,7 +39,9 @@ def dev_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_dev_runs_demo_on_fresh_state(dev_state: Path) -> None:
-    result = tokenvault("dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo")
+    result = tokenvault(
+        "dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo"
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "values tokenized and revealed intact" in result.stdout
@@ -47,17 +51,23 @@ def test_dev_runs_demo_on_fresh_state(dev_state: Path) -> None:
 
 
 def test_dev_restarts_on_existing_state(dev_state: Path) -> None:
-    first = tokenvault("dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo")
+    first = tokenvault(
+        "dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
 
-    again = tokenvault("dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo")
+    again = tokenvault(
+        "dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo"
+    )
 
     assert again.returncode == 0, again.stderr[-3000:]
     assert "values tokenized and revealed intact" in again.stdout
 
 
 def test_dev_output_masks_values(dev_state: Path) -> None:
-    result = tokenvault("dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo")
+    result = tokenvault(
+        "dev", "--state", str(dev_state), "--listen", "127.0.0.1:0", "--exit-after-demo"
+    )
 
     output = result.stdout + result.stderr
     pans = (Path(__file__).resolve().parent / "data" / "test-pans.csv").read_text().split()
@@ -84,7 +94,9 @@ def _write_config(folder: Path, **overrides: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
+def service(
+    pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceHarness]:
     harness = ServiceHarness(pg_server, tmp_path_factory.mktemp("cli")).start()
     yield harness
     harness.stop()
@@ -116,23 +128,40 @@ def test_serve_refuses_kek_readable_by_others(service: ServiceHarness, tmp_path:
 def _connection_flags(service: ServiceHarness, caller: str) -> list[str]:
     folder = service.folder
     return [
-        "--target", service.endpoint,
-        "--ca", str(folder / "ca.pem"),
-        "--cert", str(folder / f"{caller}.pem"),
-        "--key", str(folder / f"{caller}-key.pem"),
+        "--target",
+        service.endpoint,
+        "--ca",
+        str(folder / "ca.pem"),
+        "--cert",
+        str(folder / f"{caller}.pem"),
+        "--key",
+        str(folder / f"{caller}-key.pem"),
     ]
 
 
 def test_tokenize_then_detokenize_through_cli(service: ServiceHarness) -> None:
-    tokenized = tokenvault("tokenize", *_connection_flags(service, "gateway"), "--template", "pan",
-                           "4111111111111111", "5555555555554444")
+    tokenized = tokenvault(
+        "tokenize",
+        *_connection_flags(service, "gateway"),
+        "--template",
+        "pan",
+        "4111111111111111",
+        "5555555555554444",
+    )
     assert tokenized.returncode == 0, tokenized.stderr
     records = [json.loads(line) for line in tokenized.stdout.splitlines()]
     tokens = [record["token"] for record in records]
     assert len(tokens) == 2
 
-    revealed = tokenvault("detokenize", *_connection_flags(service, "backoffice"), "--template", "pan",
-                          "--reveal", "full", stdin="\n".join(tokens) + "\n")
+    revealed = tokenvault(
+        "detokenize",
+        *_connection_flags(service, "backoffice"),
+        "--template",
+        "pan",
+        "--reveal",
+        "full",
+        stdin="\n".join(tokens) + "\n",
+    )
 
     assert revealed.returncode == 0, revealed.stderr
     values = [json.loads(line)["value"] for line in revealed.stdout.splitlines()]
@@ -140,8 +169,14 @@ def test_tokenize_then_detokenize_through_cli(service: ServiceHarness) -> None:
 
 
 def test_cli_reports_item_errors_with_exit_1(service: ServiceHarness) -> None:
-    result = tokenvault("tokenize", *_connection_flags(service, "gateway"), "--template", "pan",
-                        "4111111111111111", "4111111111111112")
+    result = tokenvault(
+        "tokenize",
+        *_connection_flags(service, "gateway"),
+        "--template",
+        "pan",
+        "4111111111111111",
+        "4111111111111112",
+    )
 
     assert result.returncode == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -153,16 +188,31 @@ def test_cli_reports_item_errors_with_exit_1(service: ServiceHarness) -> None:
 def test_cli_reads_csv_file(service: ServiceHarness) -> None:
     data = Path(__file__).resolve().parent / "data" / "iban-examples.csv"
 
-    result = tokenvault("tokenize", *_connection_flags(service, "gateway"), "--template", "iban",
-                        "--file", str(data), "--column", "iban")
+    result = tokenvault(
+        "tokenize",
+        *_connection_flags(service, "gateway"),
+        "--template",
+        "iban",
+        "--file",
+        str(data),
+        "--column",
+        "iban",
+    )
 
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == len(data.read_text().splitlines()) - 1
 
 
 def test_cli_denied_call_exits_2(service: ServiceHarness) -> None:
-    result = tokenvault("detokenize", *_connection_flags(service, "gateway"), "--template", "pan",
-                        "--reveal", "full", "4111110000001111")
+    result = tokenvault(
+        "detokenize",
+        *_connection_flags(service, "gateway"),
+        "--template",
+        "pan",
+        "--reveal",
+        "full",
+        "4111110000001111",
+    )
 
     assert result.returncode == 2
     assert "PERMISSION_DENIED" in result.stderr or "permission" in result.stderr.lower()

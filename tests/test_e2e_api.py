@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from harness import ServiceHarness
 from tokenvault.v1 import tokenization_pb2 as pb
 from tokenvault.v1 import tokenization_pb2_grpc as pb_grpc
 from tokenvault_client import (
@@ -21,7 +22,6 @@ from tokenvault_client import (
     TokenizeItem,
 )
 
-from harness import ServiceHarness
 from vault.formats.luhn import is_luhn_valid
 from vault.formats.mod97 import is_iban_checksum_valid
 from vault.store.embedded import EmbeddedPostgres
@@ -39,7 +39,9 @@ IBANS = _column("iban-examples.csv", "iban")
 
 
 @pytest.fixture(scope="module")
-def service(pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
+def service(
+    pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceHarness]:
     harness = ServiceHarness(
         pg_server,
         tmp_path_factory.mktemp("e2e"),
@@ -62,7 +64,9 @@ def _query(service: ServiceHarness, sql: str) -> list[asyncpg.Record]:
 
 def _round_trip(service: ServiceHarness, template: str, values: list[str]) -> list[str]:
     with service.client("gateway") as gateway:
-        tokenized = gateway.tokenize([TokenizeItem(template, v, str(n)) for n, v in enumerate(values)])
+        tokenized = gateway.tokenize(
+            [TokenizeItem(template, v, str(n)) for n, v in enumerate(values)]
+        )
     assert all(o.ok for o in tokenized), [o.error for o in tokenized if not o.ok]
     tokens = [o.token for o in tokenized]
     with service.client("backoffice") as backoffice:
@@ -162,7 +166,9 @@ def test_identity_without_scope_is_denied(service: ServiceHarness) -> None:
 def test_scope_checked_per_template(service: ServiceHarness) -> None:
     # backoffice may tokenize IBANs only
     with service.client("backoffice") as backoffice:
-        outcomes = backoffice.tokenize([TokenizeItem("iban", IBANS[0]), TokenizeItem("pan", PANS[0])])
+        outcomes = backoffice.tokenize(
+            [TokenizeItem("iban", IBANS[0]), TokenizeItem("pan", PANS[0])]
+        )
 
     assert outcomes[0].ok
     assert outcomes[1].error is not None
@@ -245,24 +251,24 @@ def test_only_unknown_templates_fail_the_call(service: ServiceHarness) -> None:
 
 
 BAD_INPUT = [
-    ("pan", "4111111111111112"),          # Luhn fails
-    ("pan", "41111111111"),               # too short
-    ("pan", "41111111111111111111"),      # too long
-    ("pan", "4111x11111111111"),          # letter
+    ("pan", "4111111111111112"),  # Luhn fails
+    ("pan", "41111111111"),  # too short
+    ("pan", "41111111111111111111"),  # too long
+    ("pan", "4111x11111111111"),  # letter
     ("pan", "４１１１１１１１１１１１１１１１"),  # full-width digits
     ("pan", ""),
-    ("pan_fpe", "4111-1111 1111-1111"),   # mixed separators
-    ("iban", "GB82WEST12345698765433"),   # checksum
-    ("iban", "GB82WEST1234569876543"),    # length
-    ("iban", "ZZ82WEST12345698765432"),   # country
-    ("iban", "GB82WЕST12345698765432"),   # Cyrillic Е
-    ("ssn", "000-12-3456"),               # area 000
+    ("pan_fpe", "4111-1111 1111-1111"),  # mixed separators
+    ("iban", "GB82WEST12345698765433"),  # checksum
+    ("iban", "GB82WEST1234569876543"),  # length
+    ("iban", "ZZ82WEST12345698765432"),  # country
+    ("iban", "GB82WЕST12345698765432"),  # Cyrillic Е
+    ("ssn", "000-12-3456"),  # area 000
     ("ssn", "123-45-678"),
     ("account_number", "12345"),
     ("account_number", "12345678901a"),
     ("email", "no-at-sign.example.com"),
     ("email", "jane..doe@example.com"),
-    ("phone", "0044207946095"),           # no +
+    ("phone", "0044207946095"),  # no +
     ("phone", "+1"),
     ("name", "J4ne"),
     ("name", ""),
@@ -273,7 +279,9 @@ def test_bad_input_is_invalid_and_stores_nothing(service: ServiceHarness) -> Non
     rows_before = _query(service, "SELECT count(*) AS n FROM tv_tokens")[0]["n"]
 
     with service.client("gateway") as gateway:
-        outcomes = gateway.tokenize([TokenizeItem(t, v, f"bad-{n}") for n, (t, v) in enumerate(BAD_INPUT)])
+        outcomes = gateway.tokenize(
+            [TokenizeItem(t, v, f"bad-{n}") for n, (t, v) in enumerate(BAD_INPUT)]
+        )
 
     for (template, value), outcome in zip(BAD_INPUT, outcomes, strict=True):
         assert outcome.error is not None, (template, outcome.reference)
@@ -287,11 +295,13 @@ def test_bad_input_is_invalid_and_stores_nothing(service: ServiceHarness) -> Non
 
 def test_one_bad_item_does_not_fail_the_batch(service: ServiceHarness) -> None:
     with service.client("gateway") as gateway:
-        outcomes = gateway.tokenize([
-            TokenizeItem("pan", PANS[1], "good-1"),
-            TokenizeItem("pan", "4111111111111112", "bad"),
-            TokenizeItem("iban", IBANS[1], "good-2"),
-        ])
+        outcomes = gateway.tokenize(
+            [
+                TokenizeItem("pan", PANS[1], "good-1"),
+                TokenizeItem("pan", "4111111111111112", "bad"),
+                TokenizeItem("iban", IBANS[1], "good-2"),
+            ]
+        )
 
     assert [o.reference for o in outcomes] == ["good-1", "bad", "good-2"]
     assert [o.ok for o in outcomes] == [True, False, True]
@@ -299,7 +309,9 @@ def test_one_bad_item_does_not_fail_the_batch(service: ServiceHarness) -> None:
 
 def test_unknown_vaulted_token_is_not_found(service: ServiceHarness) -> None:
     with service.client("backoffice") as backoffice:
-        outcomes = backoffice.detokenize([DetokenizeItem("pan", "4111110000001111")], reveal=Reveal.FULL)
+        outcomes = backoffice.detokenize(
+            [DetokenizeItem("pan", "4111110000001111")], reveal=Reveal.FULL
+        )
 
     assert outcomes[0].error is not None
     assert outcomes[0].error.code == grpc.StatusCode.NOT_FOUND
@@ -309,7 +321,10 @@ def test_expired_token_is_not_found(service: ServiceHarness) -> None:
     with service.client("gateway") as gateway:
         token = gateway.tokenize([TokenizeItem("otp_ref", PANS[2])])[0].token
     assert token is not None
-    _query(service, "UPDATE tv_tokens SET expires_at = now() - interval '1 second' WHERE template = 'otp_ref'")
+    _query(
+        service,
+        "UPDATE tv_tokens SET expires_at = now() - interval '1 second' WHERE template = 'otp_ref'",
+    )
 
     with service.client("backoffice") as backoffice:
         outcomes = backoffice.detokenize([DetokenizeItem("otp_ref", token)], reveal=Reveal.FULL)
@@ -320,7 +335,9 @@ def test_expired_token_is_not_found(service: ServiceHarness) -> None:
 
 def test_metadata_round_trips_for_vaulted(service: ServiceHarness) -> None:
     with service.client("gateway") as gateway:
-        token = gateway.tokenize([TokenizeItem("email", "meta@example.com", metadata={"source": "crm"})])[0].token
+        token = gateway.tokenize(
+            [TokenizeItem("email", "meta@example.com", metadata={"source": "crm"})]
+        )[0].token
     assert token is not None
 
     with service.client("backoffice") as backoffice:
@@ -342,8 +359,11 @@ def test_metadata_on_vaultless_is_invalid(service: ServiceHarness) -> None:
 def test_detokenize_is_audited_without_values(service: ServiceHarness) -> None:
     tokens = _round_trip(service, "pan", PANS[:3])
     with service.client("support") as support:
-        support.detokenize([DetokenizeItem("pan", tokens[0], "ticket-7")], reveal=Reveal.MASKED,
-                           purpose="chargeback 42")
+        support.detokenize(
+            [DetokenizeItem("pan", tokens[0], "ticket-7")],
+            reveal=Reveal.MASKED,
+            purpose="chargeback 42",
+        )
 
     rows = _query(service, "SELECT * FROM tv_audit_events ORDER BY id")
     masked = [r for r in rows if r["reference"] == "ticket-7"]
@@ -360,9 +380,13 @@ def test_detokenize_is_audited_without_values(service: ServiceHarness) -> None:
 
 def test_denied_detokenize_is_audited(service: ServiceHarness) -> None:
     with service.client("support") as support, pytest.raises(PermissionDeniedError):
-        support.detokenize([DetokenizeItem("pan", "4111110000001111", "denied-1")], reveal=Reveal.FULL)
+        support.detokenize(
+            [DetokenizeItem("pan", "4111110000001111", "denied-1")], reveal=Reveal.FULL
+        )
 
-    rows = _query(service, "SELECT outcome, status_code FROM tv_audit_events WHERE reference = 'denied-1'")
+    rows = _query(
+        service, "SELECT outcome, status_code FROM tv_audit_events WHERE reference = 'denied-1'"
+    )
     assert [(r["outcome"], r["status_code"]) for r in rows] == [("failed", "PERMISSION_DENIED")]
 
 
@@ -370,14 +394,18 @@ def test_vault_stores_no_plaintext(service: ServiceHarness) -> None:
     _round_trip(service, "pan", PANS)
 
     rows = _query(service, "SELECT token, ciphertext, metadata::text AS metadata FROM tv_tokens")
-    blob = b"".join(bytes(r["ciphertext"]) + r["token"].encode() + r["metadata"].encode() for r in rows)
+    blob = b"".join(
+        bytes(r["ciphertext"]) + r["token"].encode() + r["metadata"].encode() for r in rows
+    )
     for pan in PANS:
         assert pan.encode() not in blob
 
 
 def test_bad_token_is_invalid(service: ServiceHarness) -> None:
     with service.client("backoffice") as backoffice:
-        outcome = backoffice.detokenize([DetokenizeItem("pan_fpe", "not-a-token")], reveal=Reveal.FULL)[0]
+        outcome = backoffice.detokenize(
+            [DetokenizeItem("pan_fpe", "not-a-token")], reveal=Reveal.FULL
+        )[0]
 
     assert outcome.error is not None
     assert outcome.error.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -386,5 +414,6 @@ def test_bad_token_is_invalid(service: ServiceHarness) -> None:
 
 def test_overlong_purpose_is_invalid(service: ServiceHarness) -> None:
     with service.client("backoffice") as backoffice, pytest.raises(InvalidArgumentError):
-        backoffice.detokenize([DetokenizeItem("pan", "4111110000001111")], reveal=Reveal.FULL,
-                              purpose="x" * 257)
+        backoffice.detokenize(
+            [DetokenizeItem("pan", "4111110000001111")], reveal=Reveal.FULL, purpose="x" * 257
+        )

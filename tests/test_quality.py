@@ -22,8 +22,17 @@ def test_generated_code_matches_proto() -> None:
 
 
 def test_ruff_finds_nothing() -> None:
-    result = _run("-m", "ruff", "check", "vault", "keys", "clients/python/tokenvault_client",
-                  "tests", "proto", "loadtest")
+    result = _run(
+        "-m",
+        "ruff",
+        "check",
+        "vault",
+        "keys",
+        "clients/python/tokenvault_client",
+        "tests",
+        "proto",
+        "loadtest",
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
 

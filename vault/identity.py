@@ -54,23 +54,25 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> C
     return identity_from_certificate(certificate)
 
 
-def _san_values(certificate: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
+def _san(certificate: x509.Certificate) -> x509.SubjectAlternativeName | None:
     try:
-        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return [str(value) for value in extension.value.get_values_for_type(kind)]  # type: ignore[type-var]
+        return None
 
 
 def _spiffe_id(certificate: x509.Certificate) -> str | None:
-    for uri in _san_values(certificate, x509.UniformResourceIdentifier):
+    san = _san(certificate)
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier) if san else []
+    for uri in uris:
         if uri.startswith("spiffe://"):
             return uri
     return None
 
 
 def _first_dns_name(certificate: x509.Certificate) -> str | None:
-    names = _san_values(certificate, x509.DNSName)
+    san = _san(certificate)
+    names = san.get_values_for_type(x509.DNSName) if san else []
     return names[0] if names else None
 
 

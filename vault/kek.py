@@ -15,7 +15,9 @@ def open_kek_provider(settings: KekSettings) -> KekProvider:
         if settings.file is not None:
             return LocalKekProvider.load(settings.file)
         if settings.passphrase_env is not None and settings.salt_file is not None:
-            return LocalKekProvider.from_passphrase(settings.salt_file, env_var=settings.passphrase_env)
+            return LocalKekProvider.from_passphrase(
+                settings.salt_file, env_var=settings.passphrase_env
+            )
     except KekConfigError as exc:
         raise ConfigError(f"kek: {exc}") from None
     raise ConfigError("kek: set file, or passphrase_env with salt_file")

@@ -134,7 +134,11 @@ async def start_server(settings: Settings) -> RunningServer:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_secure_port(settings.listen, credentials)
@@ -146,8 +150,13 @@ async def start_server(settings: Settings) -> RunningServer:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
     running = RunningServer(
-        server=server, port=port, pool=pool, provider=provider, health=health_servicer,
-        service=service, grace_seconds=settings.shutdown_grace_seconds,
+        server=server,
+        port=port,
+        pool=pool,
+        provider=provider,
+        health=health_servicer,
+        service=service,
+        grace_seconds=settings.shutdown_grace_seconds,
     )
     running._sweeper = asyncio.create_task(_sweep_expired(TokenStore(pool)))
     logger.info("server started", extra={"listen": settings.listen, "port": port})
@@ -160,7 +169,9 @@ async def _sweep_expired(store: TokenStore) -> None:
         try:
             deleted = await store.purge_expired()
         except (asyncpg.PostgresError, OSError) as exc:
-            logger.warning("expired-token sweep failed; retrying later", extra={"error": type(exc).__name__})
+            logger.warning(
+                "expired-token sweep failed; retrying later", extra={"error": type(exc).__name__}
+            )
             continue
         if deleted:
             logger.info("expired tokens deleted", extra={"count": deleted})

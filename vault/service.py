@@ -86,7 +86,8 @@ class TokenizationService:
         policy = self._policy()
         results = [ItemResult(reference=item.reference) for item in items]
         self._check_templates_and_scopes(
-            [item.template for item in items], results,
+            [item.template for item in items],
+            results,
             allowed=lambda template: policy.allows(caller.identity, "tokenize", template),
             scope="tokenize",
         )
@@ -137,8 +138,11 @@ class TokenizationService:
         scope = "detokenize.masked" if masked else "detokenize"
         results = [ItemResult(reference=item.reference) for item in items]
         self._check_templates_and_scopes(
-            [item.template for item in items], results,
-            allowed=lambda template: policy.may_detokenize(caller.identity, template, masked=masked),
+            [item.template for item in items],
+            results,
+            allowed=lambda template: policy.may_detokenize(
+                caller.identity, template, masked=masked
+            ),
             scope=scope,
             raise_when_all_fail=False,
         )
@@ -213,7 +217,9 @@ class TokenizationService:
         """
         for position, name in enumerate(names):
             if name not in self.templates:
-                results[position].error = NotFound(f"template: {_printable_name(name)} is not defined")
+                results[position].error = NotFound(
+                    f"template: {_printable_name(name)} is not defined"
+                )
             elif not allowed(name):
                 results[position].error = PermissionDenied(f"{scope}:{name}")
         if raise_when_all_fail:
@@ -222,7 +228,9 @@ class TokenizationService:
     @staticmethod
     def _raise_if_all_failed(results: Sequence[ItemResult]) -> None:
         errors = [result.error for result in results]
-        if all(isinstance(error, NotFound) and str(error).startswith("template:") for error in errors):
+        if all(
+            isinstance(error, NotFound) and str(error).startswith("template:") for error in errors
+        ):
             raise errors[0]  # type: ignore[misc]
         if all(isinstance(error, PermissionDenied) for error in errors):
             raise errors[0]  # type: ignore[misc]
@@ -240,25 +248,31 @@ class TokenizationService:
         events = []
         for position, (item, result) in enumerate(zip(items, results, strict=True)):
             split = splits.get(position)
-            events.append(AuditEvent(
-                caller=caller.identity,
-                operation="detokenize",
-                template=item.template[:64],
-                token_digest=token_digest(item.template, split.canonical) if split else None,
-                reference=item.reference[:MAX_REFERENCE_CHARS],
-                reveal="masked" if masked else "full",
-                purpose=purpose,
-                outcome="revealed" if result.error is None else "failed",
-                status_code=status_name(result.error),
-                request_id=request_id,
-            ))
+            events.append(
+                AuditEvent(
+                    caller=caller.identity,
+                    operation="detokenize",
+                    template=item.template[:64],
+                    token_digest=token_digest(item.template, split.canonical) if split else None,
+                    reference=item.reference[:MAX_REFERENCE_CHARS],
+                    reveal="masked" if masked else "full",
+                    purpose=purpose,
+                    outcome="revealed" if result.error is None else "failed",
+                    status_code=status_name(result.error),
+                    request_id=request_id,
+                )
+            )
         try:
             await self._audit.record(events)
         except Exception as exc:
             # Fail closed: a value is never returned unless its audit event is stored.
             logger.error(
                 "audit write failed; detokenize refused",
-                extra={"request_id": request_id, "caller": caller.identity, "error": type(exc).__name__},
+                extra={
+                    "request_id": request_id,
+                    "caller": caller.identity,
+                    "error": type(exc).__name__,
+                },
             )
             raise Unavailable("audit trail could not be written; no value was revealed") from None
 
@@ -302,14 +316,18 @@ def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
         if not _METADATA_KEY.match(key):
             raise InvalidValue("metadata", "keys must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
         if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise InvalidValue("metadata", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters")
+            raise InvalidValue(
+                "metadata", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters"
+            )
 
 
 def _printable_name(name: str) -> str:
     return repr(name) if _TEMPLATE_NAME.match(name) else "the requested template"
 
 
-def _log_outcome(operation: str, caller: Caller, request_id: str, results: Sequence[ItemResult]) -> None:
+def _log_outcome(
+    operation: str, caller: Caller, request_id: str, results: Sequence[ItemResult]
+) -> None:
     failed = sum(1 for result in results if result.error is not None)
     logger.info(
         "%s completed",

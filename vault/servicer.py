@@ -51,7 +51,9 @@ class TokenizationServicer(pb_grpc.TokenizationServicer):
             caller = _caller(context)
             if request.reveal == pb.REVEAL_MODE_UNSPECIFIED:
                 raise InvalidValue("reveal", "must be REVEAL_MODE_FULL or REVEAL_MODE_MASKED")
-            items = [DetokenizeItem(item.template, item.token, item.reference) for item in request.items]
+            items = [
+                DetokenizeItem(item.template, item.token, item.reference) for item in request.items
+            ]
             results = await self._service.detokenize(
                 caller,
                 items,

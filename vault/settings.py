@@ -102,7 +102,11 @@ def load_settings(path: Path) -> Settings:
 def parse_settings(document: Mapping[str, Any], *, base_dir: Path) -> Settings:
     _only_keys(document, "", {"server", "tls", "database", "kek", "policy", "templates"})
     server = _table(document, "server")
-    _only_keys(server, "server", {"listen", "max_batch_items", "max_message_bytes", "shutdown_grace_seconds"})
+    _only_keys(
+        server,
+        "server",
+        {"listen", "max_batch_items", "max_message_bytes", "shutdown_grace_seconds"},
+    )
     database = _table(document, "database")
     _only_keys(database, "database", {"dsn", "dsn_env", "min_connections", "max_connections"})
     policy = _table(document, "policy")
@@ -112,7 +116,9 @@ def parse_settings(document: Mapping[str, Any], *, base_dir: Path) -> Settings:
     if not isinstance(include_defaults, bool):
         raise ConfigError("templates.include_defaults must be true or false")
 
-    max_batch = _int(server, "server.max_batch_items", DEFAULT_MAX_BATCH_ITEMS, 1, HARD_MAX_BATCH_ITEMS)
+    max_batch = _int(
+        server, "server.max_batch_items", DEFAULT_MAX_BATCH_ITEMS, 1, HARD_MAX_BATCH_ITEMS
+    )
     return Settings(
         listen=_listen(server.get("listen", DEFAULT_LISTEN)),
         tls=_tls(_table(document, "tls", required=True), base_dir),
@@ -122,10 +128,16 @@ def parse_settings(document: Mapping[str, Any], *, base_dir: Path) -> Settings:
         templates=templates,
         include_default_templates=include_defaults,
         max_batch_items=max_batch,
-        max_message_bytes=_int(server, "server.max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES,
-                               64 * 1024, 256 * 1024 * 1024),
-        shutdown_grace_seconds=float(_int(server, "server.shutdown_grace_seconds",
-                                          int(DEFAULT_GRACE_SECONDS), 0, 600)),
+        max_message_bytes=_int(
+            server,
+            "server.max_message_bytes",
+            DEFAULT_MAX_MESSAGE_BYTES,
+            64 * 1024,
+            256 * 1024 * 1024,
+        ),
+        shutdown_grace_seconds=float(
+            _int(server, "server.shutdown_grace_seconds", int(DEFAULT_GRACE_SECONDS), 0, 600)
+        ),
         min_connections=_int(database, "database.min_connections", 2, 1, 100),
         max_connections=_int(database, "database.max_connections", 10, 1, 500),
     )
@@ -138,8 +150,11 @@ def _tls(table: Mapping[str, Any], base_dir: Path) -> TlsSettings:
         key_file=_path(table, "tls.key_file", base_dir, required=True),
         client_ca_file=_path(table, "tls.client_ca_file", base_dir, required=True),
     )
-    for name, file in (("tls.cert_file", settings.cert_file), ("tls.key_file", settings.key_file),
-                       ("tls.client_ca_file", settings.client_ca_file)):
+    for name, file in (
+        ("tls.cert_file", settings.cert_file),
+        ("tls.key_file", settings.key_file),
+        ("tls.client_ca_file", settings.client_ca_file),
+    ):
         if not os.access(file, os.R_OK):
             raise ConfigError(f"{name}: {file} does not exist or is not readable")
     return settings
@@ -149,7 +164,7 @@ def _kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
     _only_keys(table, "kek", {"provider", "file", "passphrase_env", "salt_file"})
     provider = table.get("provider", "local")
     if provider != "local":
-        raise ConfigError(f"kek.provider: {provider!r} is not supported; use \"local\"")
+        raise ConfigError(f'kek.provider: {provider!r} is not supported; use "local"')
     file = _path(table, "kek.file", base_dir) if "file" in table else None
     passphrase_env = table.get("passphrase_env")
     if (file is None) == (passphrase_env is None):
@@ -157,7 +172,9 @@ def _kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
     salt_file = _path(table, "kek.salt_file", base_dir) if "salt_file" in table else None
     if passphrase_env is not None and salt_file is None:
         raise ConfigError("kek.salt_file is required with kek.passphrase_env")
-    return KekSettings(provider=provider, file=file, passphrase_env=passphrase_env, salt_file=salt_file)
+    return KekSettings(
+        provider=provider, file=file, passphrase_env=passphrase_env, salt_file=salt_file
+    )
 
 
 def _dsn(table: Mapping[str, Any]) -> str:
@@ -177,7 +194,7 @@ def _dsn(table: Mapping[str, Any]) -> str:
 
 def _listen(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError("server.listen must be \"host:port\"")
+        raise ConfigError('server.listen must be "host:port"')
     port = value.rsplit(":", 1)[1]
     if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("server.listen: port must be a number from 0 to 65535")

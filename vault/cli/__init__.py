@@ -25,12 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="tokenvault",
-        description="Format-preserving tokenization service for card numbers, IBANs and personal data.",
+        description="Format-preserving tokenization of card numbers, IBANs and personal data.",
     )
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="log line format on stderr (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log line format on stderr (default: %(default)s)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev.add_parser(subparsers)
     serve.add_parser(subparsers)

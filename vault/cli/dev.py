@@ -49,21 +49,36 @@ scopes = ["admin:keys"]
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "dev",
         help="run a local service with an embedded PostgreSQL and demo certificates",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--state", type=Path, default=None, metavar="DIR",
-                        help="state folder (default: $TOKENVAULT_STATE_DIR or .tokenvault)")
-    parser.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
-                        help="address to serve on; port 0 picks a free port (default: %(default)s)")
-    parser.add_argument("--no-demo", action="store_true",
-                        help="skip the demo that tokenizes the shipped test data at start-up")
-    parser.add_argument("--exit-after-demo", action="store_true",
-                        help="stop the service after the demo instead of serving until interrupted")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="state folder (default: $TOKENVAULT_STATE_DIR or .tokenvault)",
+    )
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="address to serve on; port 0 picks a free port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="skip the demo that tokenizes the shipped test data at start-up",
+    )
+    parser.add_argument(
+        "--exit-after-demo",
+        action="store_true",
+        help="stop the service after the demo instead of serving until interrupted",
+    )
     parser.set_defaults(func=run)
 
 

@@ -14,14 +14,19 @@ from vault.settings import load_settings
 logger = logging.getLogger(__name__)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the service from a configuration file (production mode)",
         description="Serve the Tokenization API over mutual TLS with the settings in FILE.",
     )
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="TOML settings file (see vault/settings.py for every key)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="TOML settings file (see vault/settings.py for every key)",
+    )
     parser.set_defaults(func=run)
 
 

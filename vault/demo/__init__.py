@@ -88,6 +88,8 @@ def run_demo(paths: StatePaths, endpoint: str) -> bool:
         print(f"{item.template:<15} {shown:<36} {outcome.token:<36} {'ok' if same else 'MISMATCH'}")
 
     print(f"\n{len(items) - failures} of {len(items)} values tokenized and revealed intact.")
-    print("support asking for a full reveal: "
-          + ("denied (PERMISSION_DENIED), as the policy says" if support_denied else "NOT DENIED"))
+    print(
+        "support asking for a full reveal: "
+        + ("denied (PERMISSION_DENIED), as the policy says" if support_denied else "NOT DENIED")
+    )
     return failures == 0 and support_denied

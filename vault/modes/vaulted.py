@@ -114,13 +114,17 @@ class VaultedTokenizer:
 
         return [r if r is not None else ResourceExhausted("no token") for r in results]
 
-    async def detokenize(self, jobs: Sequence[tuple[Template, Split]]) -> list[Revealed | TokenvaultError]:
+    async def detokenize(
+        self, jobs: Sequence[tuple[Template, Split]]
+    ) -> list[Revealed | TokenvaultError]:
         rows = await self._store.fetch([(t.name, s.canonical) for t, s in jobs])
         results: list[Revealed | TokenvaultError] = []
         for template, split in jobs:
             row = rows.get((template.name, split.canonical))
             if row is None:
-                results.append(NotFound(f"token: no live token of template {template.name} matches"))
+                results.append(
+                    NotFound(f"token: no live token of template {template.name} matches")
+                )
                 continue
             key = await self._keys.get(template.name, Purpose.AEAD, row.key_version)
             nonce, ciphertext = row.ciphertext[:_NONCE_BYTES], row.ciphertext[_NONCE_BYTES:]
@@ -190,7 +194,9 @@ class VaultedTokenizer:
                 still_pending.append(position)
         return still_pending
 
-    async def _sealed_row(self, job: TokenizeJob, canonical_token: str, index: bytes | None) -> NewToken:
+    async def _sealed_row(
+        self, job: TokenizeJob, canonical_token: str, index: bytes | None
+    ) -> NewToken:
         template = job.template
         key = await self._keys.active(template.name, Purpose.AEAD)
         nonce = os.urandom(_NONCE_BYTES)

