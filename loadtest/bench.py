@@ -62,8 +62,19 @@ def dev_server(state: Path | None) -> Iterator[StatePaths]:
     with tempfile.TemporaryDirectory() as scratch:
         paths = StatePaths(Path(scratch) / "state")
         process = subprocess.Popen(  # noqa: S603 - fixed command
-            [sys.executable, "-m", "vault", "--log-level", "WARNING", "dev", "--no-demo",
-             "--listen", "127.0.0.1:0", "--state", str(paths.root)],
+            [
+                sys.executable,
+                "-m",
+                "vault",
+                "--log-level",
+                "WARNING",
+                "dev",
+                "--no-demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                str(paths.root),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -142,8 +153,12 @@ def run_scenario(
     )
 
 
-def scenarios(paths: StatePaths, batch: int) -> list[tuple[str, str, Callable[[TokenvaultClient], int]]]:
-    def tokenize(template: str, values: Callable[[], list[str]]) -> Callable[[TokenvaultClient], int]:
+def scenarios(
+    paths: StatePaths, batch: int
+) -> list[tuple[str, str, Callable[[TokenvaultClient], int]]]:
+    def tokenize(
+        template: str, values: Callable[[], list[str]]
+    ) -> Callable[[TokenvaultClient], int]:
         def request(client: TokenvaultClient) -> int:
             outcomes = client.tokenize([TokenizeItem(template, v) for v in values()])
             return sum(1 for o in outcomes if o.ok)
@@ -152,22 +167,39 @@ def scenarios(paths: StatePaths, batch: int) -> list[tuple[str, str, Callable[[T
 
     def detokenize(template: str, tokens: list[str]) -> Callable[[TokenvaultClient], int]:
         def request(client: TokenvaultClient) -> int:
-            outcomes = client.detokenize([DetokenizeItem(template, t) for t in tokens], reveal=Reveal.FULL)
+            outcomes = client.detokenize(
+                [DetokenizeItem(template, t) for t in tokens], reveal=Reveal.FULL
+            )
             return sum(1 for o in outcomes if o.ok)
 
         return request
 
     with client_for(paths, "gateway") as gateway:
-        vaulted_tokens = [o.token or "" for o in gateway.tokenize(
-            [TokenizeItem("pan", random_pan()) for _ in range(batch)])]
-        fpe_tokens = [o.token or "" for o in gateway.tokenize(
-            [TokenizeItem("pan_fpe", random_pan()) for _ in range(batch)])]
+        vaulted_tokens = [
+            o.token or ""
+            for o in gateway.tokenize([TokenizeItem("pan", random_pan()) for _ in range(batch)])
+        ]
+        fpe_tokens = [
+            o.token or ""
+            for o in gateway.tokenize([TokenizeItem("pan_fpe", random_pan()) for _ in range(batch)])
+        ]
 
     return [
-        ("tokenize pan_fpe (FF1)", "gateway", tokenize("pan_fpe", lambda: [random_pan() for _ in range(batch)])),
-        ("tokenize iban (FF1)", "gateway", tokenize("iban", lambda: [IBANS[i % 3] for i in range(batch)])),
-        ("tokenize pan (vaulted, new values)", "gateway",
-         tokenize("pan", lambda: [random_pan() for _ in range(batch)])),
+        (
+            "tokenize pan_fpe (FF1)",
+            "gateway",
+            tokenize("pan_fpe", lambda: [random_pan() for _ in range(batch)]),
+        ),
+        (
+            "tokenize iban (FF1)",
+            "gateway",
+            tokenize("iban", lambda: [IBANS[i % 3] for i in range(batch)]),
+        ),
+        (
+            "tokenize pan (vaulted, new values)",
+            "gateway",
+            tokenize("pan", lambda: [random_pan() for _ in range(batch)]),
+        ),
         ("detokenize pan_fpe (FF1)", "backoffice", detokenize("pan_fpe", fpe_tokens)),
         ("detokenize pan (vaulted)", "backoffice", detokenize("pan", vaulted_tokens)),
     ]
@@ -189,18 +221,28 @@ def main() -> int:
             for name, caller, request in scenarios(paths, batch):
                 for concurrency in options.concurrency:
                     result = run_scenario(
-                        name, request, paths, caller, batch=batch, concurrency=concurrency,
-                        seconds=options.seconds, max_requests=options.max_requests,
+                        name,
+                        request,
+                        paths,
+                        caller,
+                        batch=batch,
+                        concurrency=concurrency,
+                        seconds=options.seconds,
+                        max_requests=options.max_requests,
                     )
                     results.append(result)
                     print(json.dumps(asdict(result)), file=sys.stderr, flush=True)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print("| scenario | batch | concurrency | requests | items/s | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r.scenario} | {r.batch} | {r.concurrency} | {r.requests} | {r.items_per_second} "
-              f"| {r.p50_ms} | {r.p95_ms} | {r.p99_ms} |")
+        print(
+            f"| {r.scenario} | {r.batch} | {r.concurrency} | {r.requests} | {r.items_per_second} "
+            f"| {r.p50_ms} | {r.p95_ms} | {r.p99_ms} |"
+        )
     if options.json:
         options.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
