@@ -417,3 +417,20 @@ def test_overlong_purpose_is_invalid(service: ServiceHarness) -> None:
         backoffice.detokenize(
             [DetokenizeItem("pan", "4111110000001111")], reveal=Reveal.FULL, purpose="x" * 257
         )
+
+
+def test_ciphertext_moved_to_another_row_fails(service: ServiceHarness) -> None:
+    tokens = _round_trip(service, "email", ["first@example.com", "second@example.com"])
+    _query(
+        service,
+        "UPDATE tv_tokens SET ciphertext = (SELECT ciphertext FROM tv_tokens"
+        f" WHERE template = 'email' AND token = '{tokens[1]}')"
+        f" WHERE template = 'email' AND token = '{tokens[0]}'",
+    )
+
+    with service.client("backoffice") as backoffice:
+        outcome = backoffice.detokenize([DetokenizeItem("email", tokens[0])], reveal=Reveal.FULL)[0]
+
+    assert outcome.error is not None
+    assert outcome.error.code == grpc.StatusCode.DATA_LOSS
+    assert "second@example.com" not in outcome.error.message

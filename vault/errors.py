@@ -44,5 +44,9 @@ class Unavailable(TokenvaultError):
     """A dependency (database, key provider) cannot be reached: maps to UNAVAILABLE."""
 
 
+class FailedPrecondition(TokenvaultError):
+    """The request is well formed but the stored state does not allow it: maps to FAILED_PRECONDITION."""
+
+
 class ConfigError(TokenvaultError):
     """A configuration file or setting is invalid; raised at start-up or on reload."""

@@ -15,6 +15,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (StoredValueCorrupt, grpc.StatusCode.DATA_LOSS),
     (KekUnavailable, grpc.StatusCode.UNAVAILABLE),
     (KeyDestroyed, grpc.StatusCode.FAILED_PRECONDITION),

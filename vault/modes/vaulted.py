@@ -26,9 +26,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keys.datakeys import DataKeyManager, Purpose
-from vault.errors import NotFound, ResourceExhausted, TokenvaultError
+from keys.errors import DataKeyNotFound, KeyDestroyed
+from vault.errors import (
+    FailedPrecondition,
+    InvalidValue,
+    NotFound,
+    ResourceExhausted,
+    TokenvaultError,
+)
 from vault.formats.base import Side, Split, Template
-from vault.store.tokens import NewToken, TokenStore
+from vault.store.tokens import NewToken, StoredToken, TokenStore
 
 DEFAULT_MAX_ROUNDS = 8
 _NONCE_BYTES = 12
@@ -126,19 +133,37 @@ class VaultedTokenizer:
                     NotFound(f"token: no live token of template {template.name} matches")
                 )
                 continue
-            key = await self._keys.get(template.name, Purpose.AEAD, row.key_version)
-            nonce, ciphertext = row.ciphertext[:_NONCE_BYTES], row.ciphertext[_NONCE_BYTES:]
-            try:
-                plaintext = AESGCM(key.material).decrypt(
-                    nonce, ciphertext, associated_data(template.name, row.token, row.key_version)
-                )
-            except InvalidTag:
-                results.append(StoredValueCorrupt("stored value failed its integrity check"))
-                continue
-            value_split = template.split(plaintext.decode(), Side.VALUE)
-            value = template.join(split.layout, value_split.body, Side.VALUE)
-            results.append(Revealed(value=value, metadata=dict(row.metadata)))
+            results.append(await self._reveal(template, split, row))
         return results
+
+    async def _reveal(
+        self, template: Template, split: Split, row: StoredToken
+    ) -> Revealed | TokenvaultError:
+        try:
+            key = await self._keys.get(template.name, Purpose.AEAD, row.key_version)
+        except KeyDestroyed:
+            return FailedPrecondition(
+                f"token: key version {row.key_version} of template {template.name} was destroyed"
+            )
+        except DataKeyNotFound:
+            return FailedPrecondition(
+                f"token: key version {row.key_version} of template {template.name} does not exist"
+            )
+        nonce, ciphertext = row.ciphertext[:_NONCE_BYTES], row.ciphertext[_NONCE_BYTES:]
+        aad = associated_data(template.name, row.token, row.key_version)
+        try:
+            plaintext = AESGCM(key.material).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            return StoredValueCorrupt("stored value failed its integrity check")
+        try:
+            value_split = template.split(plaintext.decode(), Side.VALUE)
+        except InvalidValue:
+            return FailedPrecondition(
+                f"token: the stored value no longer fits the rules of template {template.name};"
+                " was the template's configuration changed?"
+            )
+        value = template.join(split.layout, value_split.body, Side.VALUE)
+        return Revealed(value=value, metadata=dict(row.metadata))
 
     # Steps
 
@@ -180,13 +205,18 @@ class VaultedTokenizer:
         drawn: dict[int, tuple[str, str]] = {}
         for position in pending:
             job = jobs[position]
-            token, canonical = _draw(job.template, job.split)
-            drawn[position] = (token, canonical)
-            rows.append(await self._sealed_row(job, canonical, indexes.get(position)))
+            draw = _draw(job.template, job.split)
+            if draw is None:
+                continue
+            drawn[position] = draw
+            rows.append(await self._sealed_row(job, draw[1], indexes.get(position)))
 
         stored = await self._store.insert(rows)
         still_pending = []
         for position in pending:
+            if position not in drawn:
+                still_pending.append(position)
+                continue
             token, canonical = drawn[position]
             if (jobs[position].template.name, canonical) in stored:
                 results[position] = token
@@ -223,14 +253,22 @@ class VaultedTokenizer:
         )
 
 
-def _draw(template: Template, split: Split) -> tuple[str, str]:
-    """Return a random token for ``split`` and its canonical form; never the value itself."""
-    while True:
+_MAX_DRAWS = 64
+
+
+def _draw(template: Template, split: Split) -> tuple[str, str] | None:
+    """Return a random token for ``split`` and its canonical form, never the value itself.
+
+    Returns None when every draw equalled the value, which only a body of one or two possible
+    tokens makes likely.
+    """
+    for _ in range(_MAX_DRAWS):
         body = [secrets.randbelow(radix) for radix in split.radices]
         token = template.join(split.layout, body, Side.TOKEN)
         canonical = template.split(token, Side.TOKEN).canonical
         if canonical != split.canonical:
             return token, canonical
+    return None
 
 
 def _render(template: Template, split: Split, canonical_token: str) -> str:
