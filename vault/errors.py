@@ -45,7 +45,7 @@ class Unavailable(TokenvaultError):
 
 
 class FailedPrecondition(TokenvaultError):
-    """The request is well formed but the stored state does not allow it: maps to FAILED_PRECONDITION."""
+    """Stored state does not allow a well-formed request: maps to FAILED_PRECONDITION."""
 
 
 class ConfigError(TokenvaultError):

@@ -25,7 +25,7 @@ from typing import Any
 
 class Side(enum.Enum):
     VALUE = "value"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 (an enum value, not a credential)
 
 
 class Mode(enum.Enum):
