@@ -351,7 +351,7 @@ class LocalKekProvider(KekProvider):
             _write_private_file(path, _format_kek_file(ring), replace=False)
         except FileExistsError:
             raise KekConfigError(
-                f"KEK file {path} already exists; load it with LocalKekProvider.load"
+                f"KEK file {path} already exists and is never overwritten; choose another path"
             ) from None
         except OSError as exc:
             raise KekConfigError(f"failed to create KEK file {path}: {exc.strerror}") from exc

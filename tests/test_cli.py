@@ -216,3 +216,15 @@ def test_cli_denied_call_exits_2(service: ServiceHarness) -> None:
 
     assert result.returncode == 2
     assert "PERMISSION_DENIED" in result.stderr or "permission" in result.stderr.lower()
+
+
+def test_keys_init_local_creates_private_file(tmp_path: Path) -> None:
+    kek = tmp_path / "kek.json"
+
+    created = tokenvault("keys", "init-local", str(kek))
+    again = tokenvault("keys", "init-local", str(kek))
+
+    assert created.returncode == 0, created.stderr
+    assert kek.stat().st_mode & 0o777 == 0o600
+    assert again.returncode == 2
+    assert "never overwritten" in again.stderr

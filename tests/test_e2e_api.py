@@ -434,3 +434,15 @@ def test_ciphertext_moved_to_another_row_fails(service: ServiceHarness) -> None:
     assert outcome.error is not None
     assert outcome.error.code == grpc.StatusCode.DATA_LOSS
     assert "second@example.com" not in outcome.error.message
+
+
+def test_second_server_cannot_take_a_used_port(service: ServiceHarness) -> None:
+    import dataclasses
+
+    from vault.errors import ConfigError
+    from vault.server import start_server
+
+    settings = dataclasses.replace(service.settings(), listen=service.endpoint)
+
+    with pytest.raises(ConfigError, match="could not bind"):
+        service.call(start_server(settings))

@@ -106,7 +106,10 @@ def load_policy(path: Path, *, known_templates: Iterable[str] = ()) -> Policy:
         raise ConfigError(f"policy file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-    return parse_policy(document, known_templates=known_templates)
+    try:
+        return parse_policy(document, known_templates=known_templates)
+    except ConfigError as exc:
+        raise ConfigError(f"policy file {path}: {exc}") from None
 
 
 def _warn_unknown_template(scope: str, identity: str, known: set[str]) -> None:

@@ -126,6 +126,9 @@ async def start_server(settings: Settings) -> RunningServer:
 
     server = grpc.aio.server(
         options=[
+            # gRPC sets SO_REUSEPORT by default, which lets a second server bind a port that is
+            # in use and take a random share of its connections.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes * 2),
         ]
@@ -141,10 +144,16 @@ async def start_server(settings: Settings) -> RunningServer:
         ],
         server,
     )
-    port = server.add_secure_port(settings.listen, credentials)
+    try:
+        port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:
+        port = 0  # grpcio raises where older releases returned 0
     if port == 0:
         await pool.close()
-        raise ConfigError(f"server.listen: could not bind {settings.listen}")
+        provider.close()
+        raise ConfigError(
+            f"server.listen: could not bind {settings.listen}; is another server using the port?"
+        )
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

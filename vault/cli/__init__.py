@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vault.cli import client_commands, dev, serve
+    from vault.cli import client_commands, dev, keys, serve
 
     parser = argparse.ArgumentParser(
         prog="tokenvault",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev.add_parser(subparsers)
     serve.add_parser(subparsers)
+    keys.add_parser(subparsers)
     client_commands.add_tokenize_parser(subparsers)
     client_commands.add_detokenize_parser(subparsers)
     return parser

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from keys.local import LocalKekProvider
 from vault import pki
@@ -143,7 +144,7 @@ async def _serve(
     running = await start_server(settings)
     endpoint = f"127.0.0.1:{running.port}"
     paths.endpoint.write_text(endpoint + "\n")
-    _print_usage(paths, endpoint)
+    _print_usage(paths, endpoint, _without_password(settings.dsn))
 
     try:
         if not options.no_demo:
@@ -176,13 +177,22 @@ async def _stop(running: RunningServer, paths: StatePaths) -> None:
     paths.endpoint.unlink(missing_ok=True)
 
 
-def _print_usage(paths: StatePaths, endpoint: str) -> None:
+def _without_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{parts.username}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _print_usage(paths: StatePaths, endpoint: str, database_url: str) -> None:
     state = "" if paths.root == Path(".tokenvault") else f" --state {paths.root}"
     print(
         f"""
 Tokenvault is serving on {endpoint} (mutual TLS; state folder {paths.root}).
 
-Try it from another terminal:
+Database: {database_url}
+  (password in {paths.root / "postgres-password"}; the port changes on every start)
+
+Try it from another terminal (after `. .venv/bin/activate`):
   tokenvault tokenize{state} --template pan 4111111111111111
   tokenvault tokenize{state} --template iban "GB82 WEST 1234 5698 7654 32"
   tokenvault detokenize{state} --template pan --reveal full TOKEN

@@ -186,4 +186,7 @@ class PanTemplate(TemplateBase):
     def _token_rule(self) -> str:
         if self.luhn == "valid":
             return "fails the Luhn check (this template's tokens pass it)"
-        return "has the wrong check digit for this template (its tokens fail the Luhn check)"
+        return (
+            "is not a token of this template: its tokens fail the Luhn check with one specific"
+            " digit (the passing digit plus 1, mod 10), and this one does not"
+        )
