@@ -446,3 +446,21 @@ def test_second_server_cannot_take_a_used_port(service: ServiceHarness) -> None:
 
     with pytest.raises(ConfigError, match="could not bind"):
         service.call(start_server(settings))
+
+
+def test_batch_never_gives_two_values_one_token(service: ServiceHarness) -> None:
+    # Every Luhn-valid 12-digit card with one BIN and last 4: their tokens come from a small
+    # space, so draws inside one batch collide often.
+    values = [f"501234{n:02d}9876" for n in range(100) if is_luhn_valid(f"501234{n:02d}9876")]
+    with service.client("gateway") as gateway:
+        outcomes = gateway.tokenize([TokenizeItem("pan", v, v) for v in values])
+    issued = {o.reference: o.token for o in outcomes if o.token is not None}
+
+    assert len(values) == 10
+    assert len(set(issued.values())) == len(issued)
+    with service.client("backoffice") as backoffice:
+        revealed = backoffice.detokenize(
+            [DetokenizeItem("pan", token, reference) for reference, token in issued.items()],
+            reveal=Reveal.FULL,
+        )
+    assert [o.value for o in revealed] == [o.reference for o in revealed]

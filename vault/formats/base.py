@@ -59,6 +59,9 @@ class Split:
     context: bytes
     canonical: str
     layout: Layout
+    # FF1 key version a vaultless token carries (see Template.max_key_versions); None for values
+    # and for templates whose tokens carry no version.
+    key_version: int | None = None
 
 
 class Template(ABC):
@@ -69,6 +72,9 @@ class Template(ABC):
     mode: Mode
     convergent: bool
     ttl_seconds: int | None
+    # How many FF1 key versions this template's tokens can tell apart. 1 means the FF1 key is
+    # pinned: its tokens carry no version, so the key cannot rotate (the KEK that wraps it can).
+    max_key_versions: int = 1
 
     @abstractmethod
     def split(self, text: str, side: Side) -> Split:
@@ -79,8 +85,14 @@ class Template(ABC):
         """
 
     @abstractmethod
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
-        """Build the string for ``side`` from a layout and a body of numerals."""
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
+        """Build the string for ``side`` from a layout and a body of numerals.
+
+        ``key_version`` is written into tokens of templates whose ``max_key_versions`` is above
+        1, and ignored otherwise.
+        """
 
     @abstractmethod
     def mask(self, value: str) -> str:

@@ -84,7 +84,9 @@ class GenericTemplate(TemplateBase):
         kept = [*range(self.keep_first), *range(length - self.keep_last, length)]
         return build_split(self.type_name, parsed, kept, body, [self.alphabet] * len(body))
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         return finish_join(fill_layout(layout, body))
 
     def mask(self, value: str) -> str:

@@ -124,7 +124,9 @@ class IbanTemplate(TemplateBase):
             )
         return split
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         chars = fill_layout(layout, body)
         positions = canonical_indices(layout)
         country_code = chars[positions[0]] + chars[positions[1]]

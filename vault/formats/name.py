@@ -81,7 +81,9 @@ class NameTemplate(TemplateBase):
             )
         return split
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         return finish_join(fill_layout(layout, body))
 
     def mask(self, value: str) -> str:

@@ -8,8 +8,14 @@ Kept digits: the first ``keep_first`` and the last ``keep_last``. With ``luhn`` 
 "invalid" the last middle digit (just before the kept suffix) is derived rather than
 encrypted. On the value side it is recomputed so the value passes the Luhn check, which
 loses nothing because every accepted value passes it. On the token side it makes the token
-pass the check ("valid"), or fail it with the digit one above the passing one, mod 10
-("invalid"). With ``luhn`` = "any" the whole middle is encrypted and tokens are not checked.
+pass the check ("valid"), or fail it ("invalid"). With ``luhn`` = "any" the whole middle is
+encrypted and tokens are not checked.
+
+FF1 key versions: a failing check digit has 9 possible values, so a vaultless template with
+``luhn`` = "invalid" writes its FF1 key version v (1 to 9) into the token as the digit
+``(passing digit + v) mod 10``. Detokenizing reads v back and decrypts with that version, so
+tokens survive key rotation at no cost to the domain. Version 1 is the passing digit plus 1.
+Vaulted templates and other ``luhn`` settings carry no version (``max_key_versions`` = 1).
 
 Minimum domain (vaultless): the encrypted middle needs 6 digits, since 10**6 is FF1's minimum
 domain. With ``short_domain`` = "keep_fewer", a length whose configured kept digits leave fewer
@@ -29,7 +35,7 @@ Vaulted templates have no minimum and keep exactly what is configured. ``short_d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vault.formats.alphabets import DIGITS
 from vault.formats.base import Layout, Side, Split
@@ -56,6 +62,8 @@ _ALLOWED = "digits, space, dash"
 _MASK_FIRST = 6
 _MASK_LAST = 4
 _MASK_HIDDEN_MIN = 4
+# A failing Luhn digit can take 9 values, one per FF1 key version.
+_MAX_CHECK_DIGIT_VERSIONS = 9
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class PanTemplate(TemplateBase):
         self.keep_last = reader.integer("keep_last", 4, 0, 4)
         self.luhn = reader.choice("luhn", "invalid", ("invalid", "valid", "any"))
         self.short_domain = reader.choice("short_domain", "reject", ("reject", "keep_fewer"))
+        if self.vaultless and self.luhn == "invalid":
+            self.max_key_versions = _MAX_CHECK_DIGIT_VERSIONS
         if self.short_domain == "keep_fewer" and not self.vaultless:
             raise reader.error('short_domain = "keep_fewer" applies only to mode = "vaultless"')
 
@@ -138,14 +148,16 @@ class PanTemplate(TemplateBase):
         derived = [length - plan.last - 1] if plan.derived else []
         body = [i for i in range(plan.first, length - plan.last) if i not in derived]
 
+        key_version = None
         if side is Side.TOKEN and derived:
-            expected = self._token_check_digit(digits, derived[0])
-            if digits[derived[0]] != expected:
-                raise reject(side, self._token_rule())
+            key_version = self._token_key_version(digits, derived[0])
 
-        return build_split(self.type_name, parsed, kept, body, [DIGITS] * len(body), derived)
+        split = build_split(self.type_name, parsed, kept, body, [DIGITS] * len(body), derived)
+        return replace(split, key_version=key_version) if key_version else split
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         chars = fill_layout(layout, body)
         if layout.derived:
             canonical_positions = canonical_indices(layout)
@@ -155,7 +167,7 @@ class PanTemplate(TemplateBase):
             if side is Side.VALUE:
                 chars[derived_position] = str(luhn_digit_at(digits, index))
             else:
-                chars[derived_position] = self._token_check_digit(digits, index)
+                chars[derived_position] = self._token_check_digit(digits, index, key_version)
         return finish_join(chars)
 
     def mask(self, value: str) -> str:
@@ -177,15 +189,32 @@ class PanTemplate(TemplateBase):
             )
         return parsed
 
-    def _token_check_digit(self, digits: str, index: int) -> str:
+    def _token_check_digit(self, digits: str, index: int, key_version: int = 1) -> str:
         valid = luhn_digit_at(digits, index)
         if self.luhn == "valid":
             return str(valid)
-        return str((valid + 1) % 10)
+        if not 1 <= key_version <= self.max_key_versions:
+            raise ValueError(f"key_version must be 1 to {self.max_key_versions} for this template")
+        return str((valid + key_version) % 10)
+
+    def _token_key_version(self, digits: str, index: int) -> int | None:
+        """Return the FF1 key version a token's check digit carries, or raise InvalidValue."""
+        valid = luhn_digit_at(digits, index)
+        offset = (int(digits[index]) - valid) % 10
+        if self.luhn == "valid":
+            if offset != 0:
+                raise reject(Side.TOKEN, "fails the Luhn check (this template's tokens pass it)")
+            return None
+        if not 1 <= offset <= self.max_key_versions:
+            raise reject(Side.TOKEN, self._token_rule())
+        return offset if self.max_key_versions > 1 else None
 
     def _token_rule(self) -> str:
-        if self.luhn == "valid":
-            return "fails the Luhn check (this template's tokens pass it)"
+        if self.max_key_versions > 1:
+            return (
+                "is not a token of this template: its tokens fail the Luhn check, and this one"
+                " passes it"
+            )
         return (
             "is not a token of this template: its tokens fail the Luhn check with one specific"
             " digit (the passing digit plus 1, mod 10), and this one does not"

@@ -81,7 +81,9 @@ class PhoneTemplate(TemplateBase):
         kept = [*range(body_start), *range(body_end, length)]
         return build_split(self.type_name, parsed, kept, body, [DIGITS] * len(body))
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         return finish_join(fill_layout(layout, body))
 
     def mask(self, value: str) -> str:

@@ -63,7 +63,9 @@ class SsnTemplate(TemplateBase):
         kept = list(range(self._body_length(), 9))
         return build_split(self.type_name, parsed, kept, body, [DIGITS] * len(body))
 
-    def join(self, layout: Layout, body: tuple[int, ...] | list[int], side: Side) -> str:
+    def join(
+        self, layout: Layout, body: tuple[int, ...] | list[int], side: Side, key_version: int = 1
+    ) -> str:
         return finish_join(fill_layout(layout, body))
 
     def mask(self, value: str) -> str:
