@@ -381,13 +381,19 @@ def test_detokenize_is_audited_without_values(service: ServiceHarness) -> None:
 def test_denied_detokenize_is_audited(service: ServiceHarness) -> None:
     with service.client("support") as support, pytest.raises(PermissionDeniedError):
         support.detokenize(
-            [DetokenizeItem("pan", "4111110000001111", "denied-1")], reveal=Reveal.FULL
+            [DetokenizeItem("pan", "4111110000001111", f"denied-{n}") for n in range(3)],
+            reveal=Reveal.FULL,
+            purpose="denied-probe",
         )
 
     rows = _query(
-        service, "SELECT outcome, status_code FROM tv_audit_events WHERE reference = 'denied-1'"
+        service,
+        "SELECT outcome, status_code, item_count FROM tv_audit_events"
+        " WHERE purpose = 'denied-probe'",
     )
-    assert [(r["outcome"], r["status_code"]) for r in rows] == [("failed", "PERMISSION_DENIED")]
+    assert [(r["outcome"], r["status_code"], r["item_count"]) for r in rows] == [
+        ("denied", "PERMISSION_DENIED", 3)
+    ]
 
 
 def test_vault_stores_no_plaintext(service: ServiceHarness) -> None:
@@ -464,3 +470,74 @@ def test_batch_never_gives_two_values_one_token(service: ServiceHarness) -> None
             reveal=Reveal.FULL,
         )
     assert [o.value for o in revealed] == [o.reference for o in revealed]
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("reference", "a\x00b"),
+        ("reference", "card 4111 1111 1111 1111"),
+        ("purpose", "ticket\nforged"),
+        ("purpose", "refund for 4111111111111111"),
+    ],
+)
+def test_free_text_rejects_controls_and_card_numbers(
+    service: ServiceHarness, field: str, text: str
+) -> None:
+    reference, purpose = (text, "") if field == "reference" else ("", text)
+    with service.client("backoffice") as backoffice:
+        try:
+            outcomes = backoffice.detokenize(
+                [DetokenizeItem("pan", "4111110000001111", reference)],
+                reveal=Reveal.FULL,
+                purpose=purpose,
+            )
+        except InvalidArgumentError as error:
+            message = error.details
+        else:
+            assert outcomes[0].error is not None
+            message = outcomes[0].error.message
+
+    assert message.startswith(field)
+    assert "4111" not in message
+
+
+def test_control_characters_in_metadata_fail_alone(service: ServiceHarness) -> None:
+    with service.client("gateway") as gateway:
+        outcomes = gateway.tokenize(
+            [
+                TokenizeItem("name", "Meta Nul", metadata={"k": "a\x00b"}),
+                TokenizeItem("name", "Meta Fine", metadata={"k\n": "v"}),
+                TokenizeItem("name", "Meta Good"),
+            ]
+        )
+
+    assert [o.error.code if o.error else None for o in outcomes] == [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        None,
+    ]
+
+
+def test_masked_reveal_hides_metadata(service: ServiceHarness) -> None:
+    with service.client("gateway") as gateway:
+        outcome = gateway.tokenize([TokenizeItem("email", "hid@example.com", metadata={"a": "b"})])
+    token = outcome[0].token
+    assert token is not None
+
+    with service.client("support") as support:
+        revealed = support.detokenize([DetokenizeItem("email", token)], reveal=Reveal.MASKED)[0]
+
+    assert revealed.value == "h***@example.com"
+    assert dict(revealed.metadata) == {}
+
+
+def test_unknown_reveal_value_is_invalid(service: ServiceHarness) -> None:
+    request = pb.DetokenizeRequest(
+        items=[pb.DetokenizeItem(template="pan", token="4111110000001111")], reveal=7
+    )
+
+    with _raw_channel(service, "backoffice") as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.TokenizationStub(channel).Detokenize(request, timeout=10)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,6 +8,7 @@ number travel with it for the audit trail and for revocation by serial.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from vault.errors import Unauthenticated
+
+_PRINTABLE_IDENTITY = re.compile(r"[\x21-\x7e]{1,512}")
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,16 @@ class Caller:
 
 def identity_from_certificate(certificate: x509.Certificate) -> Caller:
     """Derive the caller identity from a verified client certificate."""
-    identity = _spiffe_id(certificate) or _first_dns_name(certificate) or _common_name(certificate)
+    spiffe_id = _spiffe_id(certificate)
+    identity = spiffe_id or _first_dns_name(certificate) or _common_name(certificate)
     if not identity:
         raise Unauthenticated("client certificate has no SPIFFE ID, DNS name or common name")
+    if not _PRINTABLE_IDENTITY.fullmatch(identity):
+        raise Unauthenticated("client certificate identity contains spaces or control characters")
+    if spiffe_id is None and "://" in identity:
+        # Only a URI SAN may carry a SPIFFE ID; a CN or DNS name that looks like one would let
+        # whoever chooses a certificate's CN claim another caller's identity.
+        raise Unauthenticated("client certificate names a URI outside a URI SAN")
     der = certificate.public_bytes(serialization.Encoding.DER)
     return Caller(
         identity=identity,

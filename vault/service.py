@@ -20,6 +20,7 @@ from vault.errors import (
     Unavailable,
 )
 from vault.formats.base import Mode, Side, Split, Template
+from vault.formats.luhn import is_luhn_valid
 from vault.identity import Caller
 from vault.modes.vaulted import Revealed, TokenizeJob, VaultedTokenizer
 from vault.modes.vaultless import VaultlessTokenizer
@@ -34,8 +35,11 @@ MAX_REFERENCE_CHARS = 128
 MAX_PURPOSE_CHARS = 256
 MAX_METADATA_ENTRIES = 16
 MAX_METADATA_VALUE_CHARS = 256
-_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_TEMPLATE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# A run of 12 to 19 digits, possibly grouped by spaces or dashes, that could be a card number.
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){11,18}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -134,6 +138,7 @@ class TokenizationService:
         self._check_batch_size(len(items))
         if len(purpose) > MAX_PURPOSE_CHARS:
             raise InvalidValue("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
+        _check_free_text("purpose", purpose)
         policy = self._policy()
         scope = "detokenize.masked" if masked else "detokenize"
         results = [ItemResult(reference=item.reference) for item in items]
@@ -174,7 +179,9 @@ class TokenizationService:
                 _store(results[position], outcome)
 
         if masked:
+            # A masked reveal shows neither the full value nor the metadata stored with it.
             for position, result in enumerate(results):
+                result.metadata = {}
                 if result.output is not None:
                     result.output = self.templates[items[position].template].mask(result.output)
 
@@ -245,21 +252,46 @@ class TokenizationService:
         purpose: str,
         request_id: str,
     ) -> None:
+        reveal = "masked" if masked else "full"
         events = []
+        # Items refused before any lookup (unknown template, missing scope) are caller-controlled
+        # in number, so they are counted per template and status rather than stored one by one.
+        refused: dict[tuple[str, str], int] = {}
         for position, (item, result) in enumerate(zip(items, results, strict=True)):
             split = splits.get(position)
+            status = status_name(result.error)
+            if split is None and isinstance(result.error, (NotFound, PermissionDenied)):
+                key = (_audit_template_name(item.template), status)
+                refused[key] = refused.get(key, 0) + 1
+                continue
             events.append(
                 AuditEvent(
                     caller=caller.identity,
                     operation="detokenize",
-                    template=item.template[:64],
+                    template=_audit_template_name(item.template),
                     token_digest=token_digest(item.template, split.canonical) if split else None,
-                    reference=item.reference[:MAX_REFERENCE_CHARS],
-                    reveal="masked" if masked else "full",
+                    reference=item.reference if _is_clean(item.reference) else "",
+                    reveal=reveal,
                     purpose=purpose,
                     outcome="revealed" if result.error is None else "failed",
-                    status_code=status_name(result.error),
+                    status_code=status,
                     request_id=request_id,
+                )
+            )
+        for (template, status), count in refused.items():
+            events.append(
+                AuditEvent(
+                    caller=caller.identity,
+                    operation="detokenize",
+                    template=template,
+                    token_digest=None,
+                    reference="",
+                    reveal=reveal,
+                    purpose=purpose,
+                    outcome="denied" if status == "PERMISSION_DENIED" else "failed",
+                    status_code=status,
+                    request_id=request_id,
+                    item_count=count,
                 )
             )
         try:
@@ -303,6 +335,19 @@ def _bounded(text: str, field_name: str) -> str:
 def _check_reference(reference: str) -> None:
     if len(reference) > MAX_REFERENCE_CHARS:
         raise InvalidValue("reference", f"must be at most {MAX_REFERENCE_CHARS} characters")
+    _check_free_text("reference", reference)
+
+
+def _check_free_text(field_name: str, text: str) -> None:
+    """Reject control characters and card numbers in caller text that is stored in clear."""
+    if _CONTROL_CHARACTER.search(text):
+        raise InvalidValue(field_name, "must not contain control characters")
+    for run in _DIGIT_RUN.findall(text):
+        digits = run.replace(" ", "").replace("-", "")
+        if is_luhn_valid(digits):
+            raise InvalidValue(
+                field_name, "must not contain a card number; it is stored and logged in clear"
+            )
 
 
 def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
@@ -313,8 +358,10 @@ def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidValue("metadata", f"must have at most {MAX_METADATA_ENTRIES} entries")
     for key, value in metadata.items():
-        if not _METADATA_KEY.match(key):
+        if not _METADATA_KEY.fullmatch(key):
             raise InvalidValue("metadata", "keys must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+        if _CONTROL_CHARACTER.search(value):
+            raise InvalidValue("metadata", "values must not contain control characters")
         if len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidValue(
                 "metadata", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters"
@@ -322,7 +369,19 @@ def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
 
 
 def _printable_name(name: str) -> str:
-    return repr(name) if _TEMPLATE_NAME.match(name) else "the requested template"
+    return repr(name) if _TEMPLATE_NAME.fullmatch(name) else "the requested template"
+
+
+def _is_clean(reference: str) -> bool:
+    try:
+        _check_reference(reference)
+    except InvalidValue:
+        return False
+    return True
+
+
+def _audit_template_name(name: str) -> str:
+    return name if _TEMPLATE_NAME.fullmatch(name) else "(invalid name)"
 
 
 def _log_outcome(

@@ -49,7 +49,7 @@ class TokenizationServicer(pb_grpc.TokenizationServicer):
         request_id = _start(context)
         try:
             caller = _caller(context)
-            if request.reveal == pb.REVEAL_MODE_UNSPECIFIED:
+            if request.reveal not in (pb.REVEAL_MODE_FULL, pb.REVEAL_MODE_MASKED):
                 raise InvalidValue("reveal", "must be REVEAL_MODE_FULL or REVEAL_MODE_MASKED")
             items = [
                 DetokenizeItem(item.template, item.token, item.reference) for item in request.items

@@ -26,6 +26,7 @@ class AuditEvent:
     outcome: str
     status_code: str
     request_id: str
+    item_count: int = 1
 
 
 class AuditLog:
@@ -39,9 +40,11 @@ class AuditLog:
         await self._pool.execute(
             """
             INSERT INTO tv_audit_events (caller, operation, template, token_digest, reference,
-                                         reveal, purpose, outcome, status_code, request_id)
+                                         reveal, purpose, outcome, status_code, request_id,
+                                         item_count)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                 $11::int[])
             """,
             [e.caller for e in events],
             [e.operation for e in events],
@@ -53,4 +56,5 @@ class AuditLog:
             [e.outcome for e in events],
             [e.status_code for e in events],
             [e.request_id for e in events],
+            [e.item_count for e in events],
         )
