@@ -6,8 +6,10 @@ count up from 1. A version's state is one of:
 
 - ``active``: used for new tokens; a unique index allows one per template and purpose.
 - ``decrypt_only``: still opens what it protected, no longer used for new tokens.
-- ``retired``: kept, but callers should not use it.
+- ``retired``: kept wrapped, but ``get`` raises KeyRetired until it is reinstated.
 - ``destroyed``: the wrapped key was deleted, so ``get`` raises KeyDestroyed.
+
+``keys.lifecycle`` changes these states. This module only reads them.
 
 Each key is wrapped by the KEK with associated data that names its template, purpose and
 version, so a wrapped key copied to another row fails to unwrap.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import secrets
 from collections.abc import Iterable
@@ -29,6 +32,7 @@ from keys.errors import (
     KekNotFound,
     KeyDestroyed,
     KeyProviderError,
+    KeyRetired,
     UnwrapError,
 )
 from keys.provider import KekProvider, KekRef
@@ -90,12 +94,13 @@ def _label(template: str, purpose: Purpose, version: int | None = None) -> str:
 class DataKeyManager:
     """Creates, unwraps and caches the data keys of every template.
 
-    Unwrapped keys stay cached in memory until ``clear_cache``, which a caller runs after it
-    rotates a key or changes a version's state. Errors:
+    Unwrapped keys and the version numbers of active and usable keys stay cached in memory until
+    ``clear_cache``. ``KeyLifecycle`` clears the cache of the process that changes a key, and
+    ``KeyChangeListener`` clears it in every other process that runs one. Errors:
 
     - ``DataKeyNotFound`` for a version that does not exist, or a template with no active
       version of a purpose. It is separate from KekNotFound, which means the KEK is missing.
-    - ``KeyDestroyed`` for a destroyed version.
+    - ``KeyRetired`` for a retired version, ``KeyDestroyed`` for a destroyed one.
     - ``KekNotFound``, ``UnwrapError`` and ``KekUnavailable`` from the provider, unchanged.
     """
 
@@ -104,18 +109,21 @@ class DataKeyManager:
         self._provider = provider
         self._keys: dict[tuple[str, Purpose, int], DataKey] = {}
         self._active_versions: dict[tuple[str, Purpose], int] = {}
+        self._usable_versions: dict[tuple[str, Purpose], tuple[int, ...]] = {}
         # One lock per cache entry, so concurrent first requests for a key unwrap it once.
         self._locks: dict[tuple[str, Purpose, int | None], asyncio.Lock] = {}
-        # clear_cache increments it, so a load that started earlier does not store its result.
+        # clear_cache increments these (all templates, one template), so a load that started
+        # before a clear does not store its possibly stale result.
         self._generation = 0
+        self._template_generations: dict[str, int] = {}
 
-    async def ensure(self, templates: Iterable[str]) -> None:
+    async def ensure(self, templates: Iterable[str], *, actor: str = "system") -> None:
         """Create version 1 of each purpose that has no version yet, then load the active keys.
 
         Replicas may run it at the same time: the insert does nothing on conflict, and every
-        caller then reads back the version that won. Loading the active keys checks at start-up
-        that the KEK unwraps them. Raises DataKeyNotFound for a purpose that has versions but
-        none active.
+        caller then reads back the version that won. Each version it creates gets a ``created``
+        row in tv_key_events with ``actor``. Loading the active keys checks at start-up that the
+        KEK unwraps them. Raises DataKeyNotFound for a purpose that has versions but none active.
         """
         names = sorted(set(templates))
         if not names:
@@ -129,7 +137,7 @@ class DataKeyManager:
         for template in names:
             for purpose in Purpose:
                 if (template, purpose.value) not in existing:
-                    await self._create_first_version(template, purpose)
+                    await self._create_first_version(template, purpose, actor)
 
         for template in names:
             for purpose in Purpose:
@@ -146,7 +154,7 @@ class DataKeyManager:
             if cached is not None:
                 return cached
 
-            generation = self._generation
+            generation = self._generation_of(template)
             version = await self._pool.fetchval(
                 "SELECT version FROM tv_data_keys"
                 " WHERE template = $1 AND purpose = $2 AND state = 'active'",
@@ -159,12 +167,44 @@ class DataKeyManager:
                     "DataKeyManager.ensure creates version 1 of a new template"
                 )
             key = await self.get(template, purpose, version)
-            if generation == self._generation:
+            if generation == self._generation_of(template):
                 self._active_versions[(template, purpose)] = version
             return key
 
+    async def usable(self, template: str, purpose: Purpose) -> list[DataKey]:
+        """Return the active and decrypt_only versions of a template's key, newest first.
+
+        During a rotation a value may be indexed or encrypted under any of them, so a lookup
+        tries each. The list is empty when the template has no such version.
+        """
+        cached = self._cached_usable(template, purpose)
+        if cached is not None:
+            return cached
+
+        generation = self._generation_of(template)
+        versions = await self._pool.fetch(
+            "SELECT version FROM tv_data_keys"
+            " WHERE template = $1 AND purpose = $2 AND state IN ('active', 'decrypt_only')"
+            " ORDER BY version DESC",
+            template,
+            purpose.value,
+        )
+        keys: list[DataKey] = []
+        for row in versions:
+            try:
+                keys.append(await self.get(template, purpose, row["version"]))
+            except (KeyRetired, KeyDestroyed):
+                # Retired or destroyed after the query above: it is no longer usable.
+                continue
+        if generation == self._generation_of(template):
+            self._usable_versions[(template, purpose)] = tuple(key.version for key in keys)
+        return keys
+
     async def get(self, template: str, purpose: Purpose, version: int) -> DataKey:
-        """Return one version of a template's key, whatever its state except destroyed."""
+        """Return one version of a template's key if it is active or decrypt_only.
+
+        Raises KeyRetired or KeyDestroyed for a version in those states.
+        """
         cache_key = (template, purpose, version)
         cached = self._keys.get(cache_key)
         if cached is not None:
@@ -175,7 +215,7 @@ class DataKeyManager:
             if cached is not None:
                 return cached
 
-            generation = self._generation
+            generation = self._generation_of(template)
             row = await self._pool.fetchrow(
                 "SELECT state, kek_provider, kek_key_id, kek_version, wrapped_key"
                 " FROM tv_data_keys WHERE template = $1 AND purpose = $2 AND version = $3",
@@ -188,15 +228,29 @@ class DataKeyManager:
                     f"data key {_label(template, purpose, version)} does not exist"
                 )
             key = await self._unwrap_row(template, purpose, version, row)
-            if generation == self._generation:
+            if generation == self._generation_of(template):
                 self._keys[cache_key] = key
             return key
 
-    def clear_cache(self) -> None:
-        """Forget every unwrapped key, so the next request reads the table again."""
-        self._generation += 1
-        self._keys.clear()
-        self._active_versions.clear()
+    def clear_cache(self, template: str | None = None) -> None:
+        """Forget the unwrapped keys of ``template``, or of every template when it is None.
+
+        The next request for them reads the table again.
+        """
+        if template is None:
+            self._generation += 1
+            self._keys.clear()
+            self._active_versions.clear()
+            self._usable_versions.clear()
+            return
+
+        self._template_generations[template] = self._template_generations.get(template, 0) + 1
+        for key in [key for key in self._keys if key[0] == template]:
+            del self._keys[key]
+        for series in [series for series in self._active_versions if series[0] == template]:
+            del self._active_versions[series]
+        for series in [series for series in self._usable_versions if series[0] == template]:
+            del self._usable_versions[series]
 
     # -- helpers
 
@@ -206,31 +260,54 @@ class DataKeyManager:
             lock = self._locks[cache_key] = asyncio.Lock()
         return lock
 
+    def _generation_of(self, template: str) -> tuple[int, int]:
+        return self._generation, self._template_generations.get(template, 0)
+
+    def _cached_usable(self, template: str, purpose: Purpose) -> list[DataKey] | None:
+        versions = self._usable_versions.get((template, purpose))
+        if versions is None:
+            return None
+        keys = [self._keys.get((template, purpose, version)) for version in versions]
+        if any(key is None for key in keys):
+            return None
+        return [key for key in keys if key is not None]
+
     def _cached_active(self, template: str, purpose: Purpose) -> DataKey | None:
         version = self._active_versions.get((template, purpose))
         if version is None:
             return None
         return self._keys.get((template, purpose, version))
 
-    async def _create_first_version(self, template: str, purpose: Purpose) -> None:
+    async def _create_first_version(self, template: str, purpose: Purpose, actor: str) -> None:
         material = secrets.token_bytes(KEY_SIZE)
         wrapped_key, kek = await asyncio.to_thread(
             self._provider.wrap, material, associated_data=associated_data(template, purpose, 1)
         )
-        status = await self._pool.execute(
-            "INSERT INTO tv_data_keys"
+        # One statement, so the event row exists exactly when this replica's insert won.
+        created = await self._pool.fetchval(
+            "WITH inserted AS ("
+            " INSERT INTO tv_data_keys"
             " (template, purpose, version, state, kek_provider, kek_key_id, kek_version,"
             " wrapped_key)"
             " VALUES ($1, $2, 1, 'active', $3, $4, $5, $6)"
-            " ON CONFLICT DO NOTHING",
+            " ON CONFLICT DO NOTHING"
+            " RETURNING template, purpose, version),"
+            " event AS ("
+            " INSERT INTO tv_key_events"
+            " (template, purpose, version, event, to_state, actor, detail)"
+            " SELECT template, purpose, version, 'created', 'active', $7, $8::text::jsonb"
+            " FROM inserted RETURNING id)"
+            " SELECT count(*) FROM event",
             template,
             purpose.value,
             kek.provider,
             kek.key_id,
             kek.version,
             wrapped_key,
+            actor,
+            json.dumps({"kek": str(kek)}),
         )
-        if status == "INSERT 0 1":
+        if created:
             logger.info(
                 "created data key %s/%s version 1, wrapped by KEK %s key id %s version %s",
                 template,
@@ -252,6 +329,11 @@ class DataKeyManager:
         label = _label(template, purpose, version)
         if row["state"] == "destroyed" or row["wrapped_key"] is None:
             raise KeyDestroyed(f"data key {label} was destroyed")
+        if row["state"] == "retired":
+            raise KeyRetired(
+                f"data key {label} is retired; reinstate it to decrypt_only with "
+                "KeyLifecycle.set_state to use it again"
+            )
         if row["kek_provider"] != self._provider.name:
             raise KekNotFound(
                 f"data key {label} is wrapped by KEK provider {row['kek_provider']}, "

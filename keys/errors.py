@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class KeyProviderError(Exception):
-    """Base class of every error that a KEK provider or the data key manager raises."""
+    """Base class of the errors of KEK providers, the data key manager and the key lifecycle."""
 
 
 class KekUnavailable(KeyProviderError):
@@ -42,6 +42,33 @@ class DataKeyNotFound(KeyProviderError):
 
 class KeyDestroyed(KeyProviderError):
     """A data key version was destroyed, so what it protected can no longer be decrypted."""
+
+
+class KeyRetired(KeyProviderError):
+    """A data key version is retired: still stored wrapped, but refused until it is reinstated."""
+
+
+class KeyStateError(KeyProviderError):
+    """A requested state transition of a data key version is not allowed.
+
+    The message names the current and the requested state and the rule that forbids the change.
+    """
+
+
+class DualControlError(KeyProviderError):
+    """A destroy request breaks dual control.
+
+    Raised when the proposer tries to approve their own proposal, when the request is missing or
+    no longer pending, or when the version already has a pending request. The message names the
+    case.
+    """
+
+
+class KeyInUse(KeyProviderError):
+    """A data key version still protects stored tokens, so destroying it needs force.
+
+    The message gives the number of rows, or explains why the tokens cannot be counted.
+    """
 
 
 class KekConfigError(KeyProviderError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,11 +11,31 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+# The embedded PostgreSQL and SoftHSM are started by fork/exec while gRPC threads run; gRPC's
+# fork handlers are not needed for that and print a notice each time.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from keys import softhsm  # noqa: E402
+from keys.softhsm import SoftHsm
 from vault.store.db import create_pool, ensure_database, migrate
 from vault.store.embedded import EmbeddedPostgres
 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
+
+# SoftHSM2 reads its configuration once per process, so the whole session shares one
+# environment with these tokens.
+HSM_TOKEN = "tokenvault-test"
+HSM_SPARE_TOKEN = "tokenvault-spare"
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """The one SoftHSM2 environment of the test session."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        # Records the current value, so it is restored after SoftHsm.create replaces it.
+        monkeypatch.delenv(softhsm.CONFIG_ENV, raising=False)
+        yield SoftHsm.create(tmp_path_factory.mktemp("softhsm"), [HSM_TOKEN, HSM_SPARE_TOKEN])
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from vault.settings import KekSettings, Settings, TlsSettings
 from vault.store.db import ensure_database
 from vault.store.embedded import EmbeddedPostgres
 
-CALLERS = ("gateway", "backoffice", "support", "nobody")
+CALLERS = ("gateway", "backoffice", "support", "nobody", "custodian", "custodian2")
 
 TEST_POLICY = """
 [[callers]]
@@ -37,6 +37,14 @@ scopes = ["detokenize:*", "tokenize:iban"]
 [[callers]]
 identity = "spiffe://tokenvault.test/support"
 scopes = ["detokenize.masked:*"]
+
+[[callers]]
+identity = "spiffe://tokenvault.test/custodian"
+scopes = ["admin:keys"]
+
+[[callers]]
+identity = "spiffe://tokenvault.test/custodian2"
+scopes = ["admin:keys"]
 """
 
 
@@ -53,13 +61,16 @@ class ServiceHarness:
         policy: str = TEST_POLICY,
         templates: Mapping[str, Mapping[str, Any]] | None = None,
         max_batch_items: int = 10_000,
+        kek: KekSettings | None = None,
+        database: str | None = None,
     ) -> None:
         self.pg = pg
         self.folder = folder
         self.policy = policy
         self.templates = dict(templates or {})
         self.max_batch_items = max_batch_items
-        self.database = f"e2e_{uuid.uuid4().hex[:12]}"
+        self.database = database or f"e2e_{uuid.uuid4().hex[:12]}"
+        self.kek = kek
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -92,6 +103,13 @@ class ServiceHarness:
     def dsn(self) -> str:
         return self.pg.dsn(self.database)
 
+    def tls(self, caller: str) -> TlsConfig:
+        return TlsConfig.from_files(
+            self.folder / "ca.pem",
+            self.folder / f"{caller}.pem",
+            self.folder / f"{caller}-key.pem",
+        )
+
     def client(self, caller: str, **kwargs: Any) -> TokenvaultClient:
         tls = TlsConfig.from_files(
             self.folder / "ca.pem",
@@ -109,7 +127,7 @@ class ServiceHarness:
                 client_ca_file=self.folder / "ca.pem",
             ),
             dsn=self.dsn,
-            kek=KekSettings(provider="local", file=self.folder / "kek.json"),
+            kek=self.kek or KekSettings(provider="local", file=self.folder / "kek.json"),
             policy_file=self.folder / "policy.toml",
             templates=self.templates,
             max_batch_items=self.max_batch_items,
@@ -146,5 +164,6 @@ class ServiceHarness:
             self.folder / "stranger-key.pem", stranger.private_key, overwrite=True
         )
 
-        LocalKekProvider.create(self.folder / "kek.json").close()
+        if not (self.folder / "kek.json").exists():
+            LocalKekProvider.create(self.folder / "kek.json").close()
         (self.folder / "policy.toml").write_text(self.policy)

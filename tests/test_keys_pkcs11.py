@@ -38,15 +38,6 @@ AD = b"tokenvault/test\0cards\0fpe\x001"
 MATERIAL = bytes(range(32))
 
 
-@pytest.fixture(scope="session")
-def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    """The one SoftHSM2 environment of the test session, with two tokens."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        # Records the current value, so it is restored after SoftHsm.create replaces it.
-        monkeypatch.delenv(softhsm.CONFIG_ENV, raising=False)
-        yield SoftHsm.create(tmp_path_factory.mktemp("softhsm"), [TOKEN, SPARE_TOKEN])
-
-
 @pytest.fixture
 def environ(hsm: SoftHsm) -> dict[str, str]:
     return {PIN_ENV: hsm.pin}

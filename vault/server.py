@@ -14,10 +14,14 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tokenvault.v1 import tokenization_pb2, tokenization_pb2_grpc
+from tokenvault.v1 import key_admin_pb2, key_admin_pb2_grpc, tokenization_pb2, tokenization_pb2_grpc
 
 from keys.datakeys import DataKeyManager
+from keys.lifecycle import KeyChangeListener, KeyLifecycle
 from keys.provider import KekProvider
+from keys.reencrypt import Reencryptor
+from vault.admin import KeyAdministration
+from vault.admin_servicer import KeyAdminServicer
 from vault.errors import ConfigError
 from vault.formats import load_templates
 from vault.formats.base import Template
@@ -35,6 +39,7 @@ from vault.store.tokens import TokenStore
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = tokenization_pb2.DESCRIPTOR.services_by_name["Tokenization"].full_name
+ADMIN_SERVICE_NAME = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
 EXPIRED_TOKEN_SWEEP_SECONDS = 300
 
 
@@ -46,6 +51,9 @@ class RunningServer:
     provider: KekProvider
     health: health.aio.HealthServicer
     service: TokenizationService
+    keys: DataKeyManager
+    admin: KeyAdministration
+    listener: KeyChangeListener
     grace_seconds: float
     _sweeper: asyncio.Task[None] | None = None
 
@@ -57,6 +65,8 @@ class RunningServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.server.stop(grace)
+        await self.admin.close()
+        await self.listener.stop()
         await self.pool.close()
         self.provider.close()
         logger.info("server stopped", extra={"port": self.port})
@@ -115,13 +125,25 @@ async def start_server(settings: Settings) -> RunningServer:
         raise
     logger.info("database ready", extra={"schema_version": version, "templates": len(templates)})
 
+    vaultless = VaultlessTokenizer(keys)
     service = TokenizationService(
         templates=templates,
         policy=lambda: policy,
-        vaultless=VaultlessTokenizer(keys),
+        vaultless=vaultless,
         vaulted=VaultedTokenizer(keys, TokenStore(pool)),
         audit=AuditLog(pool),
         max_batch_items=settings.max_batch_items,
+    )
+    admin = KeyAdministration(
+        templates=templates,
+        lifecycle=KeyLifecycle(pool, provider, keys),
+        reencryptor=Reencryptor(pool, keys),
+        provider=provider,
+        vaultless=vaultless,
+    )
+    # Other replicas' rotations arrive as notifications; the listener clears the key cache.
+    listener = KeyChangeListener(
+        settings.dsn, keys, on_change=lambda change: vaultless.forget(change.get("template"))
     )
 
     server = grpc.aio.server(
@@ -134,6 +156,9 @@ async def start_server(settings: Settings) -> RunningServer:
         ]
     )
     tokenization_pb2_grpc.add_TokenizationServicer_to_server(TokenizationServicer(service), server)
+    key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
+        KeyAdminServicer(admin, lambda: policy), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -155,6 +180,8 @@ async def start_server(settings: Settings) -> RunningServer:
             f"server.listen: could not bind {settings.listen}; is another server using the port?"
         )
     await server.start()
+    await listener.start()
+    await admin.start_background()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -165,6 +192,9 @@ async def start_server(settings: Settings) -> RunningServer:
         provider=provider,
         health=health_servicer,
         service=service,
+        keys=keys,
+        admin=admin,
+        listener=listener,
         grace_seconds=settings.shutdown_grace_seconds,
     )
     running._sweeper = asyncio.create_task(_sweep_expired(TokenStore(pool)))

@@ -17,7 +17,7 @@ from tokenvault.v1 import tokenization_pb2_grpc as pb_grpc
 from vault.errors import InvalidValue, TokenvaultError, Unauthenticated
 from vault.identity import Caller, identity_from_auth_context
 from vault.service import DetokenizeItem, ItemResult, TokenizationService, TokenizeItem
-from vault.status import safe_message, status_code_for
+from vault.status import status_for
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _caller(context: grpc.aio.ServicerContext) -> Caller:
 async def _abort(
     context: grpc.aio.ServicerContext, error: Exception, request_id: str, method: str
 ) -> None:
-    code = status_code_for(error)
+    code, message = status_for(error)
     if isinstance(error, TokenvaultError):
         logger.info(
             "%s rejected",
@@ -117,11 +117,12 @@ async def _abort(
             method,
             extra={"request_id": request_id, "status": code.name, "error": type(error).__name__},
         )
-    await context.abort(code, safe_message(error))
+    await context.abort(code, message)
 
 
 def _item_status(error: TokenvaultError | Exception) -> status_pb2.Status:
-    return status_pb2.Status(code=status_code_for(error).value[0], message=safe_message(error))
+    code, message = status_for(error)
+    return status_pb2.Status(code=code.value[0], message=message)
 
 
 def _tokenize_result(result: ItemResult) -> pb.TokenizeResult:

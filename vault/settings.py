@@ -19,9 +19,26 @@ Example (paths are relative to the file's folder)::
     max_connections = 10
 
     [kek]
-    provider = "local"               # the only provider in this release
-    file = "kek.json"                # or passphrase_env = "TOKENVAULT_KEK_PASSPHRASE"
-                                     # with salt_file = "kek.salt"
+    provider = "pkcs11"              # "local" (development only), "pkcs11" or "vault-transit"
+
+    # provider = "local":
+    #   file = "kek.json"            # or passphrase_env = "..." with salt_file = "kek.salt"
+    # provider = "pkcs11" (an HSM):
+    #   module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
+    #   token_label = "tokenvault"
+    #   pin_env = "TOKENVAULT_HSM_PIN"                # variable holding the user PIN
+    #   key_label = "tokenvault-kek"
+    #   create_if_missing = false                     # true once, to generate version 1
+    # provider = "vault-transit" (HashiCorp Vault or OpenBao):
+    #   address = "https://vault.example:8200"
+    #   mount = "transit"
+    #   key_name = "tokenvault-kek"
+    #   auth_method = "token"        # token_env = "VAULT_TOKEN"; or "approle" with
+    #                                # role_id_env and secret_id_env
+    #   ca_file = "vault-ca.pem"
+    #   namespace = "..."            # Vault Enterprise namespaces
+    #   timeout_seconds = 5
+    #   create_if_missing = false
     [policy]
     file = "policy.toml"
 
@@ -61,11 +78,38 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class Pkcs11Settings:
+    module: Path
+    token_label: str
+    pin_env: str = "TOKENVAULT_HSM_PIN"
+    key_label: str = "tokenvault-kek"
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True)
+class VaultTransitSettings:
+    address: str
+    mount: str = "transit"
+    key_name: str = "tokenvault-kek"
+    auth_method: str = "token"
+    token_env: str = "VAULT_TOKEN"  # noqa: S105 - a variable name, not a secret
+    role_id_env: str = "VAULT_ROLE_ID"
+    secret_id_env: str = "VAULT_SECRET_ID"  # noqa: S105 - a variable name
+    approle_mount: str = "approle"
+    ca_file: Path | None = None
+    namespace: str | None = None
+    timeout_seconds: float = 5.0
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True)
 class KekSettings:
     provider: str = "local"
     file: Path | None = None
     passphrase_env: str | None = None
     salt_file: Path | None = None
+    pkcs11: Pkcs11Settings | None = None
+    vault_transit: VaultTransitSettings | None = None
 
 
 @dataclass(frozen=True, repr=False)
@@ -160,11 +204,22 @@ def _tls(table: Mapping[str, Any], base_dir: Path) -> TlsSettings:
     return settings
 
 
+_KEK_PROVIDERS = ("local", "pkcs11", "vault-transit")
+
+
 def _kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
-    _only_keys(table, "kek", {"provider", "file", "passphrase_env", "salt_file"})
     provider = table.get("provider", "local")
-    if provider != "local":
-        raise ConfigError(f'kek.provider: {provider!r} is not supported; use "local"')
+    if provider not in _KEK_PROVIDERS:
+        raise ConfigError(f"kek.provider: {provider!r} is not one of {', '.join(_KEK_PROVIDERS)}")
+    if provider == "pkcs11":
+        return KekSettings(provider=provider, pkcs11=_pkcs11(table, base_dir))
+    if provider == "vault-transit":
+        return KekSettings(provider=provider, vault_transit=_vault_transit(table, base_dir))
+    return _local_kek(table, base_dir)
+
+
+def _local_kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
+    _only_keys(table, "kek", {"provider", "file", "passphrase_env", "salt_file"})
     file = _path(table, "kek.file", base_dir) if "file" in table else None
     passphrase_env = table.get("passphrase_env")
     if (file is None) == (passphrase_env is None):
@@ -173,8 +228,83 @@ def _kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
     if passphrase_env is not None and salt_file is None:
         raise ConfigError("kek.salt_file is required with kek.passphrase_env")
     return KekSettings(
-        provider=provider, file=file, passphrase_env=passphrase_env, salt_file=salt_file
+        provider="local", file=file, passphrase_env=passphrase_env, salt_file=salt_file
     )
+
+
+def _pkcs11(table: Mapping[str, Any], base_dir: Path) -> Pkcs11Settings:
+    _only_keys(
+        table,
+        "kek",
+        {"provider", "module", "token_label", "pin_env", "key_label", "create_if_missing"},
+    )
+    return Pkcs11Settings(
+        module=_path(table, "kek.module", base_dir, required=True),
+        token_label=_string(table, "kek.token_label", None),
+        pin_env=_string(table, "kek.pin_env", "TOKENVAULT_HSM_PIN"),
+        key_label=_string(table, "kek.key_label", "tokenvault-kek"),
+        create_if_missing=_bool(table, "kek.create_if_missing", False),
+    )
+
+
+def _vault_transit(table: Mapping[str, Any], base_dir: Path) -> VaultTransitSettings:
+    allowed = {
+        "provider",
+        "address",
+        "mount",
+        "key_name",
+        "auth_method",
+        "token_env",
+        "role_id_env",
+        "secret_id_env",
+        "approle_mount",
+        "ca_file",
+        "namespace",
+        "timeout_seconds",
+        "create_if_missing",
+    }
+    _only_keys(table, "kek", allowed)
+    address = _string(table, "kek.address", None)
+    if not address.startswith(("https://", "http://")):
+        raise ConfigError(
+            "kek.address must start with https:// (or http:// for a local test server)"
+        )
+    auth_method = _string(table, "kek.auth_method", "token")
+    if auth_method not in ("token", "approle"):
+        raise ConfigError('kek.auth_method must be "token" or "approle"')
+    timeout = table.get("timeout_seconds", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        raise ConfigError("kek.timeout_seconds must be a number above 0 and at most 300")
+    return VaultTransitSettings(
+        address=address,
+        mount=_string(table, "kek.mount", "transit"),
+        key_name=_string(table, "kek.key_name", "tokenvault-kek"),
+        auth_method=auth_method,
+        token_env=_string(table, "kek.token_env", "VAULT_TOKEN"),
+        role_id_env=_string(table, "kek.role_id_env", "VAULT_ROLE_ID"),
+        secret_id_env=_string(table, "kek.secret_id_env", "VAULT_SECRET_ID"),
+        approle_mount=_string(table, "kek.approle_mount", "approle"),
+        ca_file=_path(table, "kek.ca_file", base_dir) if "ca_file" in table else None,
+        namespace=_string(table, "kek.namespace", "") or None,
+        timeout_seconds=float(timeout),
+        create_if_missing=_bool(table, "kek.create_if_missing", False),
+    )
+
+
+def _string(table: Mapping[str, Any], name: str, default: str | None) -> str:
+    value = table.get(name.rsplit(".", 1)[1], default)
+    if value is None:
+        raise ConfigError(f"{name} is required")
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
+    return value
+
+
+def _bool(table: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = table.get(name.rsplit(".", 1)[1], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false")
+    return value
 
 
 def _dsn(table: Mapping[str, Any]) -> str:

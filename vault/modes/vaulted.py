@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keys.datakeys import DataKeyManager, Purpose
-from keys.errors import DataKeyNotFound, KeyDestroyed
+from keys.errors import DataKeyNotFound, KeyDestroyed, KeyRetired
 from vault.errors import (
     FailedPrecondition,
     InvalidValue,
@@ -145,6 +145,11 @@ class VaultedTokenizer:
             return FailedPrecondition(
                 f"token: key version {row.key_version} of template {template.name} was destroyed"
             )
+        except KeyRetired:
+            return FailedPrecondition(
+                f"token: key version {row.key_version} of template {template.name} is retired;"
+                " a key custodian can reinstate it"
+            )
         except DataKeyNotFound:
             return FailedPrecondition(
                 f"token: key version {row.key_version} of template {template.name} does not exist"
@@ -168,6 +173,7 @@ class VaultedTokenizer:
     # Steps
 
     async def _value_indexes(self, jobs: Sequence[TokenizeJob]) -> dict[int, bytes]:
+        """Return each convergent item's value index under the template's active index key."""
         indexes: dict[int, bytes] = {}
         for position, job in enumerate(jobs):
             if not job.template.convergent:
@@ -183,15 +189,32 @@ class VaultedTokenizer:
         results: list[str | TokenvaultError | None],
         only: Sequence[int] | None = None,
     ) -> None:
+        """Give each convergent item the live token its value already has, if any.
+
+        During an index key rotation a row may still carry its index under an older usable
+        version, so the lookup tries the value's index under every usable version.
+        """
         positions = [p for p in (only if only is not None else indexes) if p in indexes]
+        candidates: dict[int, list[bytes]] = {}
+        for position in positions:
+            job = jobs[position]
+            usable = await self._keys.usable(job.template.name, Purpose.INDEX)
+            candidates[position] = [indexes[position]] + [
+                value_index(key.material, job.template.name, job.split.canonical)
+                for key in usable
+                if value_index(key.material, job.template.name, job.split.canonical)
+                != indexes[position]
+            ]
         found = await self._store.find_by_index(
-            [(jobs[p].template.name, indexes[p]) for p in positions]
+            [(jobs[p].template.name, index) for p in positions for index in candidates[p]]
         )
         for position in positions:
             job = jobs[position]
-            existing = found.get((job.template.name, indexes[position]))
-            if existing is not None:
-                results[position] = _render(job.template, job.split, existing)
+            for index in candidates[position]:
+                existing = found.get((job.template.name, index))
+                if existing is not None:
+                    results[position] = _render(job.template, job.split, existing)
+                    break
 
     async def _insert_round(
         self,

@@ -1,8 +1,14 @@
 """Vaultless tokens: FF1 (NIST SP 800-38G) over the template's body, nothing stored.
 
-The tweak binds the template name and the kept characters, so the same digits under another
-BIN, country or template give an unrelated token. Detokenizing recomputes the value, which means
-any well-formed token decrypts to some value: only vaulted mode can answer NOT_FOUND.
+The tweak binds the template name, the kept characters and the body's radices, so the same
+digits under another BIN, country or template give an unrelated token. Detokenizing recomputes
+the value, which means any well-formed token decrypts to some value: only vaulted mode can
+answer NOT_FOUND.
+
+Key versions: a template whose tokens carry a version (``Template.max_key_versions`` > 1, such
+as PAN tokens that fail the Luhn check) tokenizes with its active FF1 key and writes that
+version into the token; detokenizing decrypts with the version the token names, so tokens
+survive rotation. Any other template is pinned to FF1 key version 1, which never rotates.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import hashlib
 from collections.abc import Sequence
 
 from keys.datakeys import DataKeyManager, Purpose
-from vault.errors import InvalidValue, TokenvaultError
+from keys.errors import DataKeyNotFound, KeyDestroyed, KeyRetired
+from vault.errors import FailedPrecondition, InvalidValue, TokenvaultError
 from vault.formats.base import Side, Split, Template
 from vault.fpe import FPEError, PositionCipher
 
 _TWEAK_LABEL = b"tokenvault/ff1/v1\x00"
+PINNED_VERSION = 1
 
 Job = tuple[Template, Split]
+# A job ready for FF1: the cipher and the key version it belongs to.
+_Prepared = tuple[Template, Split, PositionCipher, int]
 
 
 def tweak_for(template: Template, split: Split) -> bytes:
@@ -38,50 +48,91 @@ class VaultlessTokenizer:
         self._ciphers: dict[tuple[str, int], PositionCipher] = {}
 
     async def tokenize(self, jobs: Sequence[Job]) -> list[str | TokenvaultError]:
-        ciphers = await self._ciphers_for(jobs)
-        # FF1 is CPU work; a thread keeps the event loop answering other calls meanwhile.
-        return await asyncio.to_thread(self._run, jobs, ciphers, Side.TOKEN)
+        return await self._transform(jobs, Side.TOKEN)
 
     async def detokenize(self, jobs: Sequence[Job]) -> list[str | TokenvaultError]:
-        ciphers = await self._ciphers_for(jobs)
-        return await asyncio.to_thread(self._run, jobs, ciphers, Side.VALUE)
+        return await self._transform(jobs, Side.VALUE)
 
-    async def _ciphers_for(self, jobs: Sequence[Job]) -> dict[str, PositionCipher]:
-        # NOTE: tokens carry no key version yet, so vaultless templates always use the active
-        # FF1 key; rotating it would change every token. Key rotation must add a version marker.
-        ciphers: dict[str, PositionCipher] = {}
-        for template, _ in jobs:
-            if template.name in ciphers:
-                continue
-            key = await self._keys.active(template.name, Purpose.FPE)
-            cache_key = (template.name, key.version)
-            if cache_key not in self._ciphers:
-                self._ciphers[cache_key] = PositionCipher(key.material)
-            ciphers[template.name] = self._ciphers[cache_key]
-        return ciphers
+    async def _transform(self, jobs: Sequence[Job], target: Side) -> list[str | TokenvaultError]:
+        results: list[str | TokenvaultError | None] = [None] * len(jobs)
+        prepared: list[tuple[int, _Prepared]] = []
+        for position, (template, split) in enumerate(jobs):
+            outcome = await self._prepare(template, split, target)
+            if isinstance(outcome, TokenvaultError):
+                results[position] = outcome
+            else:
+                prepared.append((position, outcome))
 
-    @staticmethod
-    def _run(
-        jobs: Sequence[Job], ciphers: dict[str, PositionCipher], target: Side
-    ) -> list[str | TokenvaultError]:
-        results: list[str | TokenvaultError] = []
-        for template, split in jobs:
-            cipher = ciphers[template.name]
-            tweak = tweak_for(template, split)
-            try:
-                if target is Side.TOKEN:
-                    body = cipher.encrypt(split.radices, split.body, tweak)
-                else:
-                    body = cipher.decrypt(split.radices, split.body, tweak)
-            except FPEError:
-                field = "value" if target is Side.TOKEN else "token"
-                results.append(
-                    InvalidValue(
-                        field,
-                        "too few characters to tokenize without a vault (FF1 needs a domain of"
-                        " at least 1,000,000); use a vaulted template for short values",
-                    )
+        # FF1 is CPU work; a thread keeps the event loop answering other calls meanwhile.
+        outputs = await asyncio.to_thread(_run, [job for _, job in prepared], target)
+        for (position, _), output in zip(prepared, outputs, strict=True):
+            results[position] = output
+        return [r if r is not None else InvalidValue("token", "not processed") for r in results]
+
+    async def _prepare(
+        self, template: Template, split: Split, target: Side
+    ) -> _Prepared | TokenvaultError:
+        if template.max_key_versions <= 1:
+            version = PINNED_VERSION
+        elif target is Side.TOKEN:
+            version = (await self._keys.active(template.name, Purpose.FPE)).version
+            if version > template.max_key_versions:
+                return FailedPrecondition(
+                    f"template {template.name}: its active FF1 key version {version} is above"
+                    f" the {template.max_key_versions} versions its tokens can carry"
                 )
-                continue
-            results.append(template.join(split.layout, body, target))
-        return results
+        else:
+            version = split.key_version or PINNED_VERSION
+
+        try:
+            cipher = await self._cipher(template.name, version)
+        except (KeyDestroyed, KeyRetired, DataKeyNotFound) as error:
+            return FailedPrecondition(
+                f"token: FF1 key version {version} of template {template.name} is"
+                f" {_unusable_reason(error)}"
+            )
+        return template, split, cipher, version
+
+    async def _cipher(self, template: str, version: int) -> PositionCipher:
+        cached = self._ciphers.get((template, version))
+        if cached is None:
+            key = await self._keys.get(template, Purpose.FPE, version)
+            cached = self._ciphers[(template, version)] = PositionCipher(key.material)
+        return cached
+
+    def forget(self, template: str | None = None) -> None:
+        """Drop cached ciphers (after a key state change), for one template or all."""
+        for cache_key in list(self._ciphers):
+            if template is None or cache_key[0] == template:
+                del self._ciphers[cache_key]
+
+
+def _unusable_reason(error: Exception) -> str:
+    if isinstance(error, KeyDestroyed):
+        return "destroyed"
+    if isinstance(error, KeyRetired):
+        return "retired"
+    return "unknown"
+
+
+def _run(jobs: Sequence[_Prepared], target: Side) -> list[str | TokenvaultError]:
+    results: list[str | TokenvaultError] = []
+    for template, split, cipher, version in jobs:
+        tweak = tweak_for(template, split)
+        try:
+            if target is Side.TOKEN:
+                body = cipher.encrypt(split.radices, split.body, tweak)
+            else:
+                body = cipher.decrypt(split.radices, split.body, tweak)
+        except FPEError:
+            field = "value" if target is Side.TOKEN else "token"
+            results.append(
+                InvalidValue(
+                    field,
+                    "too few characters to tokenize without a vault (FF1 needs a domain of"
+                    " at least 1,000,000); use a vaulted template for short values",
+                )
+            )
+            continue
+        results.append(template.join(split.layout, body, target, key_version=version))
+    return results

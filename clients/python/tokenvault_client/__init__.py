@@ -7,11 +7,24 @@ Example::
     tls = TlsConfig.from_files("ca.pem", "gateway.pem", "gateway-key.pem")
     with TokenvaultClient("127.0.0.1:7443", tls) as client:
         outcomes = client.tokenize([TokenizeItem("pan", "4111111111111111", reference="order-1")])
+
+Key custodians use ``KeyAdminClient`` in the same way for the KeyAdmin service.
 """
 
+from tokenvault_client.admin import (
+    DestroyRequest,
+    KekRotation,
+    KekVersion,
+    KeyAdminClient,
+    KeyEvent,
+    KeyListing,
+    KeyVersion,
+    ReencryptionJob,
+)
 from tokenvault_client.client import FALLBACK_MAX_BATCH_ITEMS, TokenvaultClient
 from tokenvault_client.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -36,12 +49,21 @@ from tokenvault_client.tls import TlsConfig
 __all__ = [
     "FALLBACK_MAX_BATCH_ITEMS",
     "DeadlineExceededError",
+    "DestroyRequest",
     "DetokenizeItem",
     "DetokenizeOutcome",
+    "FailedPreconditionError",
     "InvalidArgumentError",
     "ItemError",
+    "KekRotation",
+    "KekVersion",
+    "KeyAdminClient",
+    "KeyEvent",
+    "KeyListing",
+    "KeyVersion",
     "NotFoundError",
     "PermissionDeniedError",
+    "ReencryptionJob",
     "ResourceExhaustedError",
     "Reveal",
     "TemplateInfo",

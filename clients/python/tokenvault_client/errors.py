@@ -77,6 +77,14 @@ class DeadlineExceededError(TokenvaultClientError):
     """The call did not complete before its deadline."""
 
 
+class FailedPreconditionError(TokenvaultClientError):
+    """The system is not in a state that allows the call.
+
+    Key administration raises it, for example, when a second custodian is needed to approve a
+    destruction or a key version still protects data.
+    """
+
+
 _CLASS_BY_CODE: dict[grpc.StatusCode, type[TokenvaultClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -84,6 +92,7 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[TokenvaultClientError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
 }
 
 
