@@ -310,29 +310,23 @@ async def test_retire_and_reinstate(
     ]
 
 
-@pytest.mark.parametrize(
-    ("version", "target", "message"),
-    [
+async def test_set_state_forbidden(db_pool: asyncpg.Pool, lifecycle: KeyLifecycle) -> None:
+    await lifecycle.rotate("cards", Purpose.AEAD, actor=ALICE)
+    cases = [
         (2, KeyState.RETIRED, "active version must first become decrypt_only through rotate"),
         (2, KeyState.DECRYPT_ONLY, "leaves active only through rotate"),
         (1, KeyState.ACTIVE, "never returns to active"),
         (1, KeyState.DESTROYED, "destruction needs dual control"),
         (1, KeyState.DECRYPT_ONLY, "it is already decrypt_only"),
-    ],
-)
-async def test_set_state_forbidden(
-    db_pool: asyncpg.Pool,
-    lifecycle: KeyLifecycle,
-    version: int,
-    target: KeyState,
-    message: str,
-) -> None:
-    await lifecycle.rotate("cards", Purpose.AEAD, actor=ALICE)
+    ]
 
-    with pytest.raises(KeyStateError, match=message):
-        await lifecycle.set_state("cards", Purpose.AEAD, version, target, actor=ALICE)
+    for version, target, message in cases:
+        with pytest.raises(KeyStateError, match=message):
+            await lifecycle.set_state("cards", Purpose.AEAD, version, target, actor=ALICE)
 
     assert await _states(db_pool, "cards", Purpose.AEAD) == {1: "decrypt_only", 2: "active"}
+    (event,) = await lifecycle.events(template="cards", limit=1)
+    assert event.event == "created"
 
 
 async def test_destroyed_is_final(lifecycle: KeyLifecycle) -> None:
@@ -632,6 +626,16 @@ async def test_listener_updates_replica(
         assert {"template": "cards", "purpose": "aead", "version": 2, "event": "created"} in (
             changes
         )
+
+        # A payload without a template clears every template's keys, here iban's.
+        iban_key = await replica.active("iban", Purpose.AEAD)
+        await db_pool.execute("SELECT pg_notify('tv_key_changes', 'not json')")
+
+        async def iban_reloaded() -> bool:
+            return await replica.active("iban", Purpose.AEAD) is not iban_key
+
+        await _eventually(iban_reloaded, "the malformed notification to clear the cache")
+        assert all(isinstance(change.get("template"), str) for change in changes)
     finally:
         await listener.stop()
 

@@ -18,7 +18,9 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,70 @@ from vault.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 TEMPLATE_SCOPES = ("tokenize", "detokenize", "detokenize.masked")
 GLOBAL_SCOPES = ("admin:keys", "admin:callers", "audit:read")
 _TEMPLATE_PART = re.compile(r"^(\*|[a-z][a-z0-9_-]{0,63})$")
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """Token bucket: ``rate`` items per second refill, at most ``burst`` items at once."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class AnomalyRule:
+    """When a caller's detokenize use is suspicious enough to suspend it.
+
+    ``max_items_per_window``: more items detokenized than this within ``window_seconds``.
+    ``allowed_hours``: (start, end) local times in ``timezone``; a detokenize outside them.
+    Either part may be None (not checked).
+    """
+
+    max_items_per_window: int | None = None
+    window_seconds: int = 3600
+    allowed_hours: tuple[dt_time, dt_time] | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """Everything the policy says about one identity.
+
+    ``fingerprints``: if not empty, the client certificate's SHA-256 fingerprint (lower-case
+    hex) must be one of them. ``source_networks``: if not empty, the peer address must be in one.
+    ``rate_limits``: per operation ("tokenize", "detokenize", "admin").
+    """
+
+    identity: str
+    scopes: frozenset[str]
+    fingerprints: frozenset[str] = frozenset()
+    source_networks: tuple[IPNetwork, ...] = ()
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    max_concurrent_calls: int | None = None
+    anomaly: AnomalyRule | None = None
+
+
+@dataclass(frozen=True)
+class TemplatePolicy:
+    purpose_required: bool = False
+
+
+@dataclass(frozen=True)
 class Policy:
     scopes_by_identity: Mapping[str, frozenset[str]]
+    callers: Mapping[str, CallerPolicy] = field(default_factory=dict)
+    templates: Mapping[str, TemplatePolicy] = field(default_factory=dict)
+
+    def caller(self, identity: str) -> CallerPolicy | None:
+        return self.callers.get(identity)
+
+    def template(self, name: str) -> TemplatePolicy:
+        return self.templates.get(name, TemplatePolicy())
 
     def scopes(self, identity: str) -> frozenset[str]:
         return self.scopes_by_identity.get(identity, frozenset())
@@ -95,7 +153,11 @@ def parse_policy(document: Mapping[str, Any], *, known_templates: Iterable[str] 
             _warn_unknown_template(scope, identity, known)
         scopes_by_identity[identity] = frozenset(scopes)
 
-    return Policy(scopes_by_identity)
+    callers = {
+        identity: CallerPolicy(identity=identity, scopes=scopes)
+        for identity, scopes in scopes_by_identity.items()
+    }
+    return Policy(scopes_by_identity, callers=callers)
 
 
 def load_policy(path: Path, *, known_templates: Iterable[str] = ()) -> Policy:
