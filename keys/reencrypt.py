@@ -44,12 +44,12 @@ from vault.modes.vaulted import _NONCE_BYTES, associated_data, value_index
 
 logger = logging.getLogger(__name__)
 
-# First key of the two-key advisory lock form, "tvre"; the second is the job id. Locks taken
-# with a single bigint key, such as the migration lock, live in a separate key space.
+# First key of the two-key advisory lock form ("tvre"), and the job id is the second. Locks
+# taken with a single bigint key, such as the migration lock, live in a separate key space.
 _LOCK_CLASS = 0x74767265
 _PROGRESS_LOG_SECONDS = 10.0
-# A concurrent tokenize can insert a row with one of a batch's new value indexes between the
-# conflict check and the update; the batch is then redone this many times before the job fails.
+# A concurrent tokenize can insert a row with one of a batch's new value indexes after the
+# conflict check. The update then fails, and the batch is redone up to this many times.
 _MAX_BATCH_ATTEMPTS = 3
 _UNFINISHED = ("running", "paused")
 
@@ -57,6 +57,13 @@ _JOB_COLUMNS = (
     "id, template, status, target_version, target_index_version, rows_done, rows_total,"
     " batch_size, max_rows_per_second, cursor_token, started_by, started_at, updated_at,"
     " finished_at, error"
+)
+_SELECT_JOB_BY_ID = f"SELECT {_JOB_COLUMNS} FROM tv_reencrypt_jobs WHERE id = $1"  # noqa: S608
+_SELECT_JOBS = (
+    f"SELECT {_JOB_COLUMNS} FROM tv_reencrypt_jobs"  # noqa: S608 - constant columns
+    " WHERE ($1::text IS NULL OR template = $1)"
+    " AND (NOT $2::boolean OR status = ANY($3::text[]))"
+    " ORDER BY id"
 )
 
 # Rows of a template that still need work. $3 is NULL for a job that leaves the value index
@@ -128,8 +135,8 @@ class JobExists(ReencryptError):
 
     def __str__(self) -> str:
         return (
-            f"template {self.template} already has unfinished re-encryption job {self.job_id};"
-            " resume or wait for that job instead of starting another"
+            f"template {self.template} already has unfinished re-encryption job {self.job_id}."
+            " Resume it or wait for it to finish instead of starting another"
         )
 
 
@@ -142,13 +149,13 @@ class JobStateError(ReencryptError):
 
 
 class _JobFailure(Exception):
-    """Ends the current run with status 'failed'; the message becomes the job's error."""
+    """Ends the current run with status 'failed'. Its message becomes the job's error."""
 
 
 class _Outcome(enum.Enum):
     DONE = "done"
     FAILED = "failed"
-    STOPPED = "stopped"  # the caller's stop event was set; the job stays running
+    STOPPED = "stopped"  # the caller's stop event was set, and the job stays running
     NOT_RUNNING = "not running"  # the job row was paused or finished by someone else
 
 
@@ -282,9 +289,9 @@ class Reencryptor:
                 # DO NOTHING covers the one-unfinished-job-per-template index: a concurrent
                 # start makes this insert return no row, and the loop then finds that job.
                 row = await connection.fetchrow(
-                    "INSERT INTO tv_reencrypt_jobs (template, target_version,"  # noqa: S608 - constant
-                    " target_index_version, rows_total, batch_size, max_rows_per_second,"
-                    " started_by)"
+                    "INSERT INTO tv_reencrypt_jobs"  # noqa: S608 - _JOB_COLUMNS is a constant
+                    " (template, target_version, target_index_version, rows_total, batch_size,"
+                    " max_rows_per_second, started_by)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7)"
                     f" ON CONFLICT DO NOTHING RETURNING {_JOB_COLUMNS}",
                     template,
@@ -311,13 +318,14 @@ class Reencryptor:
         return self._status_of(row)
 
     async def pause(self, job_id: int) -> JobStatus:
-        """Set a running job to paused; its runner stops before the next batch.
+        """Set a running job to paused, so its runner stops before the next batch.
 
         Waits for a batch in progress to commit, because each batch locks the job row. Pausing
         a paused job returns its status. Raises JobStateError for a done or failed job.
         """
         row = await self._pool.fetchrow(
-            "UPDATE tv_reencrypt_jobs SET status = 'paused', updated_at = now()"  # noqa: S608 - constant
+            "UPDATE tv_reencrypt_jobs"  # noqa: S608 - _JOB_COLUMNS is a constant
+            " SET status = 'paused', updated_at = now()"
             f" WHERE id = $1 AND status = 'running' RETURNING {_JOB_COLUMNS}",
             job_id,
         )
@@ -326,7 +334,8 @@ class Reencryptor:
             if status.status == "paused":
                 return status
             raise JobStateError(
-                f"re-encryption job {job_id} is {status.status}; only a running job can be paused"
+                f"re-encryption job {job_id} is {status.status}, but only a running job can be"
+                " paused"
             )
         logger.info(
             "paused re-encryption job %d for template %s at %d of %d rows",
@@ -338,55 +347,67 @@ class Reencryptor:
         return self._status_of(row)
 
     async def resume(self, job_id: int, *, stop: asyncio.Event | None = None) -> JobStatus:
-        """Set a paused, failed or running job to running, then ``run`` it.
+        """Set a paused, failed or running job to running with ``set_running``, then ``run`` it.
 
-        A running job whose runner died (its advisory lock is free) continues from its cursor;
-        if its runner is alive, ``run`` returns the status without starting a second one.
-        Raises JobStateError for a done job, and JobExists when a failed job's template has
-        since got another unfinished job.
+        A running job whose runner died (its advisory lock is free) continues from its cursor.
+        If its runner is alive, ``run`` returns the status without starting a second one.
         """
-        try:
-            async with self._pool.acquire() as connection, connection.transaction():
-                row = await connection.fetchrow(
-                    "SELECT template, status, rows_done, rows_total FROM tv_reencrypt_jobs"
-                    " WHERE id = $1 FOR UPDATE",
-                    job_id,
+        await self.set_running(job_id)
+        return await self.run(job_id, stop=stop)
+
+    async def set_running(self, job_id: int) -> JobStatus:
+        """Set a paused, failed or running job to running, without running it.
+
+        A caller that runs the job in a background task calls this first, so it can report
+        the new status and any error at once. Raises JobNotFound, JobStateError for a done
+        job, and JobExists when the template of a failed job has another unfinished job.
+        """
+        while True:
+            try:
+                return await self._set_running_once(job_id)
+            except asyncpg.UniqueViolationError:
+                # Another job for the template started between the check and the update. It
+                # has committed, so the next attempt's check finds it and raises JobExists.
+                continue
+
+    async def _set_running_once(self, job_id: int) -> JobStatus:
+        async with self._pool.acquire() as connection, connection.transaction():
+            before = await connection.fetchrow(
+                "SELECT template, status FROM tv_reencrypt_jobs WHERE id = $1 FOR UPDATE",
+                job_id,
+            )
+            if before is None:
+                raise JobNotFound(f"re-encryption job {job_id} not found")
+            if before["status"] == "done":
+                raise JobStateError(
+                    f"re-encryption job {job_id} is done and cannot resume. Start a new job"
+                    " to re-encrypt to a newer key version"
                 )
-                if row is None:
-                    raise JobNotFound(f"re-encryption job {job_id} not found")
-                if row["status"] == "done":
-                    raise JobStateError(
-                        f"re-encryption job {job_id} is done; start a new job to re-encrypt"
-                        " to a newer key version"
-                    )
-                if row["status"] == "failed":
-                    other = await self._unfinished_job_id(connection, row["template"])
-                    if other is not None:
-                        raise JobExists(row["template"], other)
-                await connection.execute(
-                    "UPDATE tv_reencrypt_jobs SET status = 'running', error = NULL,"
-                    " finished_at = NULL, updated_at = now() WHERE id = $1",
-                    job_id,
-                )
-        except asyncpg.UniqueViolationError:
-            # Another job for the template was started between the check and the update.
-            other = await self._unfinished_job_id(self._pool, row["template"])
-            raise JobExists(row["template"], other if other is not None else 0) from None
+            if before["status"] == "failed":
+                other = await self._unfinished_job_id(connection, before["template"])
+                if other is not None:
+                    raise JobExists(before["template"], other)
+            row = await connection.fetchrow(
+                "UPDATE tv_reencrypt_jobs"  # noqa: S608 - _JOB_COLUMNS is a constant
+                " SET status = 'running', error = NULL, finished_at = NULL, updated_at = now()"
+                f" WHERE id = $1 RETURNING {_JOB_COLUMNS}",
+                job_id,
+            )
 
         logger.info(
             "resuming re-encryption job %d for template %s (was %s) at %d of %d rows",
             job_id,
             row["template"],
-            row["status"],
+            before["status"],
             row["rows_done"],
             row["rows_total"],
         )
-        return await self.run(job_id, stop=stop)
+        return self._status_of(row)
 
     async def status(self, job_id: int) -> JobStatus:
         """Return one job's status. Raises JobNotFound for an unknown id."""
         row = await self._pool.fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM tv_reencrypt_jobs WHERE id = $1",  # noqa: S608 - constant
+            _SELECT_JOB_BY_ID,
             job_id,
         )
         if row is None:
@@ -398,10 +419,7 @@ class Reencryptor:
     ) -> list[JobStatus]:
         """Return jobs, oldest first, optionally of one template or only running and paused."""
         rows = await self._pool.fetch(
-            f"SELECT {_JOB_COLUMNS} FROM tv_reencrypt_jobs"  # noqa: S608 - constant
-            " WHERE ($1::text IS NULL OR template = $1)"
-            " AND (NOT $2::boolean OR status = ANY($3::text[]))"
-            " ORDER BY id",
+            _SELECT_JOBS,
             template,
             unfinished_only,
             list(_UNFINISHED),
@@ -462,7 +480,7 @@ class Reencryptor:
             return status
 
     async def _run_with_lock(self, job_id: int, stop: asyncio.Event | None) -> _Outcome | None:
-        """Run the job under its advisory lock; return None if another runner holds it."""
+        """Run the job under its advisory lock, or return None if another runner holds it."""
         async with self._pool.acquire() as connection:
             locked = await connection.fetchval(
                 "SELECT pg_try_advisory_lock($1, $2)", _LOCK_CLASS, _lock_id(job_id)
@@ -517,7 +535,7 @@ class Reencryptor:
         self, connection: asyncpg.Connection, job_id: int, stop: asyncio.Event | None
     ) -> _Outcome:
         row = await connection.fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM tv_reencrypt_jobs WHERE id = $1",  # noqa: S608 - constant
+            _SELECT_JOB_BY_ID,
             job_id,
         )
         if row is None or row["status"] != "running":
@@ -681,12 +699,16 @@ class Reencryptor:
                 )
                 return _Outcome.DONE
             if run.full_pass and run.first_failure is not None and remaining <= run.pass_failures:
-                rows = "1 row" if run.pass_failures == 1 else f"{run.pass_failures} rows"
+                if run.pass_failures == 1:
+                    rows, was = "1 row", "was"
+                else:
+                    rows, was = f"{run.pass_failures} rows", "were"
                 raise _JobFailure(
-                    f"{rows} of template {run.template} failed their integrity check and were"
-                    " left at their old key version; the first, in token order, has token"
-                    f" digest {run.first_failure} (first 16 hex digits of SHA-256 over"
-                    " 'template:token')"
+                    f"{rows} of template {run.template} failed to decrypt (AES-GCM integrity"
+                    f" check) and {was} not re-encrypted. The first in token order has token"
+                    f" digest {run.first_failure} (the first 16 hex digits of SHA-256 over"
+                    " 'template:token', as in the audit table). Restore or delete those rows,"
+                    " then resume the job"
                 )
             await connection.execute(
                 "UPDATE tv_reencrypt_jobs SET cursor_token = NULL,"
@@ -736,8 +758,8 @@ class Reencryptor:
                     _MAX_BATCH_ATTEMPTS,
                 )
         raise _JobFailure(
-            f"concurrent inserts kept taking the new value indexes of a batch"
-            f" {_MAX_BATCH_ATTEMPTS} times in a row; resume the job to retry"
+            f"a batch failed {_MAX_BATCH_ATTEMPTS} times in a row because concurrent inserts"
+            " took its new value indexes. Resume the job to retry"
         )
 
     async def _batch_in_transaction(self, connection: asyncpg.Connection, run: _Run) -> _Batch:
@@ -811,25 +833,25 @@ class Reencryptor:
         versions = {row["key_version"] for row in rows}
         if min(versions) < run.target_version:
             versions.add(run.target_version)
-        wanted = [(Purpose.AEAD, version) for version in sorted(versions)]
+        needed = [(Purpose.AEAD, version) for version in sorted(versions)]
         if run.target_index_version is not None and any(
             row["index_key_version"] is not None
             and row["index_key_version"] < run.target_index_version
             for row in rows
         ):
-            wanted.append((Purpose.INDEX, run.target_index_version))
+            needed.append((Purpose.INDEX, run.target_index_version))
 
         state_rows = await connection.fetch(
             "SELECT purpose, version, state FROM tv_data_keys"
             " WHERE template = $1 AND purpose = ANY($2::text[]) AND version = ANY($3::int[])",
             run.template,
-            sorted({purpose.value for purpose, _ in wanted}),
-            sorted({version for _, version in wanted}),
+            sorted({purpose.value for purpose, _ in needed}),
+            sorted({version for _, version in needed}),
         )
         states = {(row["purpose"], row["version"]): row["state"] for row in state_rows}
 
         keys: dict[tuple[Purpose, int], DataKey] = {}
-        for purpose, version in wanted:
+        for purpose, version in needed:
             label = _label(run.template, purpose, version)
             state = states.get((purpose.value, version))
             if state is None:
@@ -898,15 +920,16 @@ class Reencryptor:
     ) -> int:
         """Clear the new value index of rows whose value already has a token under it.
 
-        While the index key rotates, the tokenizer looks values up under the new key only, so
-        a value whose row still carries an old-key index can get a second token. Both tokens
-        keep working; the one already indexed under the new key stays the lookup result, and
-        the older row loses its index instead of breaking the unique index. Returns the count.
+        A lookup during the rotation that tries only the new index key misses a row that still
+        has an old-key index, so that value gets a second token. Both tokens keep working. The
+        one already indexed under the new key stays the lookup result, and the older row loses
+        its index, which would otherwise break the unique index. Returns the count of cleared
+        rows.
         """
         candidates = [item for item in resealed if item.reindexed]
         if not candidates:
             return 0
-        taken_rows = await connection.fetch(
+        indexed_rows = await connection.fetch(
             "SELECT value_index FROM tv_tokens"
             " WHERE template = $1 AND value_index = ANY($2::bytea[])"
             " AND token <> ALL($3::text[])",
@@ -914,17 +937,17 @@ class Reencryptor:
             [item.value_index for item in candidates],
             [item.token for item in candidates],
         )
-        taken = {bytes(row["value_index"]) for row in taken_rows}
+        indexed = {bytes(row["value_index"]) for row in indexed_rows}
         cleared = 0
         for item in candidates:
             assert item.value_index is not None
-            if item.value_index in taken:
+            if item.value_index in indexed:
                 item.value_index = None
                 item.index_key_version = None
                 cleared += 1
             else:
                 # Two rows of one batch with the same value: the first in token order keeps it.
-                taken.add(item.value_index)
+                indexed.add(item.value_index)
         return cleared
 
     # -- helpers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import os
 import random
@@ -20,8 +21,8 @@ from keys.lifecycle import KeyLifecycle, KeyState
 from keys.local import LocalKekProvider
 from keys.reencrypt import (
     JobExists,
+    JobNotFound,
     JobStateError,
-    JobStatus,
     Reencryptor,
     token_digest,
 )
@@ -85,7 +86,7 @@ class GatedKeys(DataKeyManager):
 
 
 class FakeTime:
-    """A clock that only sleeps move forward, plus 1 ms per reading for work done."""
+    """A fake clock: a sleep advances it by the time slept, and each reading adds 1 ms."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -134,8 +135,7 @@ def make_emails(count: int, prefix: str) -> list[str]:
     generator = random.Random(f"{prefix}-{count}")
     letters = string.ascii_letters
     return [
-        f"{prefix}{i}.{''.join(generator.choices(letters, k=8))}@example.org"
-        for i in range(count)
+        f"{prefix}{i}.{''.join(generator.choices(letters, k=8))}@example.org" for i in range(count)
     ]
 
 
@@ -145,9 +145,9 @@ async def tokenize_all(
     results = await tokenizer.tokenize(
         [TokenizeJob(template, template.split(value, Side.VALUE)) for value in values]
     )
-    tokens = [result for result in results if isinstance(result, str)]
-    assert len(tokens) == len(values), [type(r).__name__ for r in results if isinstance(r, Exception)]
-    return tokens
+    failures = [type(result).__name__ for result in results if not isinstance(result, str)]
+    assert failures == []
+    return [result for result in results if isinstance(result, str)]
 
 
 async def detokenize_all(
@@ -182,11 +182,33 @@ async def index_version_counts(pool: asyncpg.Pool, template: Template) -> dict[i
     return {row["index_key_version"]: row["n"] for row in rows}
 
 
-async def seeded(
+async def seed_rows(
     tokenizer: VaultedTokenizer, template: Template, count: int = ROWS, prefix: str = "old"
 ) -> tuple[list[str], list[str]]:
     values = make_emails(count, prefix)
     return values, await tokenize_all(tokenizer, template, values)
+
+
+async def seal_row(keys: DataKeyManager, template: Template, token: str, value: str) -> NewToken:
+    """Build a row the way VaultedTokenizer seals one, with the active keys."""
+    canonical_token = template.split(token, Side.TOKEN).canonical
+    canonical_value = template.split(value, Side.VALUE).canonical
+    aead = await keys.active(template.name, Purpose.AEAD)
+    index = await keys.active(template.name, Purpose.INDEX)
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(aead.material).encrypt(
+        nonce,
+        canonical_value.encode(),
+        associated_data(template.name, canonical_token, aead.version),
+    )
+    return NewToken(
+        template=template.name,
+        token=canonical_token,
+        ciphertext=nonce + ciphertext,
+        key_version=aead.version,
+        value_index=value_index(index.material, template.name, canonical_value),
+        index_key_version=index.version,
+    )
 
 
 # -- running to completion
@@ -198,7 +220,7 @@ async def test_run_moves_convergent_rows_to_target(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     reencryptor = Reencryptor(db_pool, keys)
 
@@ -230,7 +252,7 @@ async def test_run_non_convergent_leaves_index_alone(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, PLAIN)
+    values, tokens = await seed_rows(tokenizer, PLAIN)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     reencryptor = Reencryptor(db_pool, keys)
 
@@ -248,7 +270,7 @@ async def test_run_non_convergent_leaves_index_alone(
 async def test_run_with_nothing_to_do_finishes(
     db_pool: asyncpg.Pool, keys: DataKeyManager, tokenizer: VaultedTokenizer
 ) -> None:
-    await seeded(tokenizer, EMAIL, count=20)
+    await seed_rows(tokenizer, EMAIL, count=20)
     reencryptor = Reencryptor(db_pool, keys)
 
     job = await reencryptor.start(EMAIL.name, actor=ACTOR, convergent=True)
@@ -269,7 +291,7 @@ async def test_crash_mid_batch_then_resume(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     job = await Reencryptor(db_pool, keys).start(
         EMAIL.name, actor=ACTOR, batch_size=BATCH, convergent=True
@@ -302,7 +324,7 @@ async def test_cancel_inside_batch_then_resume(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, PLAIN)
+    values, tokens = await seed_rows(tokenizer, PLAIN)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     job = await Reencryptor(db_pool, keys).start(PLAIN.name, actor=ACTOR, batch_size=BATCH)
     # A non-convergent batch loads aead v1 and v2: call 3 opens the second batch.
@@ -334,7 +356,7 @@ async def test_stop_event_ends_run_between_batches(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    await seeded(tokenizer, PLAIN)
+    await seed_rows(tokenizer, PLAIN)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     fake = FakeTime()
     reencryptor = Reencryptor(db_pool, keys, clock=fake.clock, sleep=fake.sleep)
@@ -367,28 +389,40 @@ async def test_stop_event_ends_run_between_batches(
 
 async def test_second_runner_returns_without_processing(
     db_pool: asyncpg.Pool,
-    provider: LocalKekProvider,
     keys: DataKeyManager,
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, PLAIN)
+    values, tokens = await seed_rows(tokenizer, PLAIN)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
-    job = await Reencryptor(db_pool, keys).start(PLAIN.name, actor=ACTOR, batch_size=BATCH)
-    gated = GatedKeys(db_pool, provider, block_on_call=1)
-    first = asyncio.create_task(Reencryptor(db_pool, gated).run(job.id))
-    await gated.entered.wait()
+    fake = FakeTime()
+    first_replica = Reencryptor(db_pool, keys, clock=fake.clock, sleep=fake.sleep)
+    job = await first_replica.start(
+        PLAIN.name, actor=ACTOR, batch_size=BATCH, max_rows_per_second=10_000
+    )
+    # The first runner waits in its throttle sleep after one batch, still holding the lock.
+    sleeping = asyncio.Event()
+    wake = asyncio.Event()
+
+    async def hold_after_first_batch() -> None:
+        if len(fake.sleeps) == 1:
+            sleeping.set()
+            await wake.wait()
+
+    fake.on_sleep = hold_after_first_batch
+    first = asyncio.create_task(first_replica.run(job.id))
+    await sleeping.wait()
     other_replica = Reencryptor(db_pool, keys)
 
     second = await other_replica.run(job.id)
     resumed = await other_replica.resume(job.id)
 
     assert second.status == "running"
-    assert second.rows_done == 0
-    assert resumed.rows_done == 0
-    assert await version_counts(db_pool, PLAIN) == {1: ROWS}
+    assert second.rows_done == BATCH
+    assert resumed.rows_done == BATCH
+    assert await version_counts(db_pool, PLAIN) == {1: ROWS - BATCH, 2: BATCH}
 
-    gated.release.set()
+    wake.set()
     final = await first
 
     assert final.status == "done"
@@ -402,7 +436,7 @@ async def test_start_twice_raises_job_exists(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    await seeded(tokenizer, EMAIL, count=50)
+    await seed_rows(tokenizer, EMAIL, count=50)
     await rotate(lifecycle, EMAIL, Purpose.AEAD)
     reencryptor = Reencryptor(db_pool, keys)
     job = await reencryptor.start(EMAIL.name, actor=ACTOR)
@@ -435,7 +469,7 @@ async def test_pause_before_run_then_resume(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     reencryptor = Reencryptor(db_pool, keys)
     job = await reencryptor.start(EMAIL.name, actor=ACTOR, batch_size=BATCH, convergent=True)
@@ -466,7 +500,7 @@ async def test_pause_during_run_then_resume(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     fake = FakeTime()
     reencryptor = Reencryptor(db_pool, keys, clock=fake.clock, sleep=fake.sleep)
@@ -500,8 +534,8 @@ async def test_resume_unfinished_runs_only_running_jobs(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    await seeded(tokenizer, EMAIL, count=100)
-    await seeded(tokenizer, PLAIN, count=100)
+    await seed_rows(tokenizer, EMAIL, count=100)
+    await seed_rows(tokenizer, PLAIN, count=100)
     await rotate(lifecycle, EMAIL, Purpose.AEAD)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     reencryptor = Reencryptor(db_pool, keys)
@@ -530,7 +564,7 @@ async def test_throttle_keeps_average_rate(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    await seeded(tokenizer, PLAIN, count=300)
+    await seed_rows(tokenizer, PLAIN, count=300)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     fake = FakeTime()
     reencryptor = Reencryptor(db_pool, keys, clock=fake.clock, sleep=fake.sleep)
@@ -567,7 +601,7 @@ async def test_tampered_row_fails_job_with_digest(
     tokenizer: VaultedTokenizer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     victim = 137
     canonical = EMAIL.split(tokens[victim], Side.TOKEN).canonical
     await db_pool.execute(
@@ -608,7 +642,7 @@ async def test_unusable_old_key_fails_job(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    await seeded(tokenizer, PLAIN, count=50)
+    await seed_rows(tokenizer, PLAIN, count=50)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     reencryptor = Reencryptor(db_pool, keys)
     job = await reencryptor.start(PLAIN.name, actor=ACTOR)
@@ -638,7 +672,7 @@ async def test_resume_failed_job_after_reinstating_key(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, PLAIN, count=50)
+    values, tokens = await seed_rows(tokenizer, PLAIN, count=50)
     await rotate(lifecycle, PLAIN, Purpose.AEAD)
     await lifecycle.set_state(PLAIN.name, Purpose.AEAD, 1, KeyState.RETIRED, actor=ACTOR)
     reencryptor = Reencryptor(db_pool, keys)
@@ -655,6 +689,32 @@ async def test_resume_failed_job_after_reinstating_key(
     assert await detokenize_all(tokenizer, PLAIN, tokens) == values
 
 
+async def test_set_running_reports_state_errors(
+    db_pool: asyncpg.Pool,
+    keys: DataKeyManager,
+    lifecycle: KeyLifecycle,
+    tokenizer: VaultedTokenizer,
+) -> None:
+    await seed_rows(tokenizer, PLAIN, count=50)
+    await rotate(lifecycle, PLAIN, Purpose.AEAD)
+    await lifecycle.set_state(PLAIN.name, Purpose.AEAD, 1, KeyState.RETIRED, actor=ACTOR)
+    reencryptor = Reencryptor(db_pool, keys)
+    failed = await reencryptor.run((await reencryptor.start(PLAIN.name, actor=ACTOR)).id)
+    newer = await reencryptor.start(PLAIN.name, actor=ACTOR)
+    await reencryptor.pause(newer.id)
+
+    with pytest.raises(JobExists) as raised:
+        await reencryptor.set_running(failed.id)
+    running = await reencryptor.set_running(newer.id)
+
+    assert failed.status == "failed"
+    assert raised.value.job_id == newer.id
+    assert running.status == "running"
+    assert running.rows_done == 0
+    with pytest.raises(JobNotFound):
+        await reencryptor.set_running(newer.id + 100)
+
+
 # -- concurrent writers
 
 
@@ -664,7 +724,7 @@ async def test_live_traffic_during_job(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
+    values, tokens = await seed_rows(tokenizer, EMAIL)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     reencryptor = Reencryptor(db_pool, keys)
     job = await reencryptor.start(EMAIL.name, actor=ACTOR, batch_size=40, convergent=True)
@@ -694,8 +754,8 @@ async def test_stale_replica_rows_behind_cursor(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL)
-    # A replica whose cache still holds version 1 as active, as before its cache is cleared.
+    values, tokens = await seed_rows(tokenizer, EMAIL)
+    # A replica whose key cache still has version 1 as active, before its cache is cleared.
     stale_keys = DataKeyManager(db_pool, provider)
     await stale_keys.active(EMAIL.name, Purpose.AEAD)
     await stale_keys.active(EMAIL.name, Purpose.INDEX)
@@ -751,11 +811,13 @@ async def test_second_token_for_value_clears_old_index(
     lifecycle: KeyLifecycle,
     tokenizer: VaultedTokenizer,
 ) -> None:
-    values, tokens = await seeded(tokenizer, EMAIL, count=50)
+    values, tokens = await seed_rows(tokenizer, EMAIL, count=50)
     await rotate(lifecycle, EMAIL, Purpose.AEAD, Purpose.INDEX)
     # A row for values[0] indexed under the new key, as a lookup that tried only the new
     # index key during the rotation would write: the value now has two tokens.
-    duplicate = await seal_row(keys, EMAIL, "Zzzzz.Qqqqq@example.org", values[0])
+    local, domain = values[0].split("@")
+    other_token = f"{codecs.encode(local, 'rot13')}@{domain}"  # same shape, other letters
+    duplicate = await seal_row(keys, EMAIL, other_token, values[0])
     assert await TokenStore(db_pool).insert([duplicate]) == {(EMAIL.name, duplicate.token)}
     reencryptor = Reencryptor(db_pool, keys)
     job = await reencryptor.start(EMAIL.name, actor=ACTOR, batch_size=20, convergent=True)
@@ -776,29 +838,3 @@ async def test_second_token_for_value_clears_old_index(
     assert await detokenize_all(tokenizer, EMAIL, tokens) == values
     assert await detokenize_all(tokenizer, EMAIL, [duplicate.token]) == [values[0]]
     assert await tokenize_all(tokenizer, EMAIL, values) == [duplicate.token] + tokens[1:]
-
-
-async def seal_row(keys: DataKeyManager, template: Template, token: str, value: str) -> NewToken:
-    """Build a row the way VaultedTokenizer seals one, with the active keys."""
-    canonical_token = template.split(token, Side.TOKEN).canonical
-    canonical_value = template.split(value, Side.VALUE).canonical
-    aead = await keys.active(template.name, Purpose.AEAD)
-    index = await keys.active(template.name, Purpose.INDEX)
-    nonce = os.urandom(12)
-    ciphertext = AESGCM(aead.material).encrypt(
-        nonce,
-        canonical_value.encode(),
-        associated_data(template.name, canonical_token, aead.version),
-    )
-    return NewToken(
-        template=template.name,
-        token=canonical_token,
-        ciphertext=nonce + ciphertext,
-        key_version=aead.version,
-        value_index=value_index(index.material, template.name, canonical_value),
-        index_key_version=index.version,
-    )
-
-
-def test_job_status_is_immutable() -> None:
-    assert JobStatus.__dataclass_params__.frozen  # type: ignore[attr-defined]

@@ -153,13 +153,9 @@ class KeyAdministration:
         return await self._reencryptor.pause(job_id)
 
     async def resume_reencryption(self, job_id: int) -> JobStatus:
-        status = await self._reencryptor.status(job_id)
-        if status.status == "done":
-            return status
-        self._spawn(self._reencryptor.resume(job_id, stop=self._stop))
-        # The runner flips the status to running as its first step; report that state.
-        await asyncio.sleep(0)
-        return await self._reencryptor.status(job_id)
+        status = await self._reencryptor.set_running(job_id)
+        self._spawn(self._reencryptor.run(job_id, stop=self._stop))
+        return status
 
     async def reencryption(self, job_id: int) -> JobStatus:
         return await self._reencryptor.status(job_id)

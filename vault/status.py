@@ -79,8 +79,10 @@ def safe_message(error: BaseException) -> str:
 def _job_code(error: BaseException) -> grpc.StatusCode:
     # Imported here: the re-encryption module imports the vaulted mode, which imports this
     # package's errors.
-    from keys.reencrypt import JobExists
+    from keys.reencrypt import JobExists, JobNotFound, JobStateError
 
-    if isinstance(error, JobExists):
+    if isinstance(error, JobNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, JobExists | JobStateError):
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INTERNAL
