@@ -22,6 +22,7 @@ from tokenvault_client import (
     TokenizeItem,
 )
 
+from vault.audit.events import token_digest
 from vault.formats.luhn import is_luhn_valid
 from vault.formats.mod97 import is_iban_checksum_valid
 from vault.store.embedded import EmbeddedPostgres
@@ -365,13 +366,15 @@ def test_detokenize_is_audited_without_values(service: ServiceHarness) -> None:
             purpose="chargeback 42",
         )
 
-    rows = _query(service, "SELECT * FROM tv_audit_events ORDER BY id")
-    masked = [r for r in rows if r["reference"] == "ticket-7"]
+    rows = _query(service, "SELECT * FROM tv_audit_log ORDER BY seq")
+    masked = [r for r in rows if r["purpose"] == "chargeback 42"]
     assert masked and masked[-1]["caller"] == "spiffe://tokenvault.test/support"
+    assert masked[-1]["operation"] == "detokenize"
     assert masked[-1]["reveal"] == "masked"
-    assert masked[-1]["purpose"] == "chargeback 42"
-    assert masked[-1]["outcome"] == "revealed"
-    text = " ".join(str(value) for row in rows for value in row.values())
+    assert masked[-1]["outcome"] == "ok"
+    assert masked[-1]["token_digests"] == [token_digest("pan", tokens[0])]
+    assert len(masked[-1]["fingerprint"]) == 64
+    text = " ".join(str(value) for row in rows for value in dict(row).values())
     for pan in PANS:
         assert pan not in text
     for token in tokens:
@@ -388,7 +391,7 @@ def test_denied_detokenize_is_audited(service: ServiceHarness) -> None:
 
     rows = _query(
         service,
-        "SELECT outcome, status_code, item_count FROM tv_audit_events"
+        "SELECT outcome, status_code, item_count FROM tv_audit_log"
         " WHERE purpose = 'denied-probe'",
     )
     assert [(r["outcome"], r["status_code"], r["item_count"]) for r in rows] == [

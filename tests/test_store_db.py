@@ -22,7 +22,7 @@ async def test_schema_has_core_tables(db_pool: asyncpg.Pool) -> None:
     )
     names = {row["table_name"] for row in rows}
 
-    assert {"tv_data_keys", "tv_tokens", "tv_audit_events"} <= names
+    assert {"tv_data_keys", "tv_tokens", "tv_audit_log", "tv_audit_checkpoints"} <= names
 
 
 def test_embedded_server_listens_on_loopback_only(pg_server: EmbeddedPostgres) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -17,10 +16,9 @@ from keys.lifecycle import DestroyRequest, KeyEvent, KeyVersionInfo
 from keys.reencrypt import JobStatus
 from vault.admin import KeyAdministration
 from vault.errors import PermissionDenied
+from vault.guard import CallGuard
 from vault.identity import Caller
 from vault.policy import Policy
-from vault.servicer import REQUEST_ID_HEADER, _caller
-from vault.status import status_for
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +27,12 @@ Response = TypeVar("Response")
 
 
 class KeyAdminServicer(pb_grpc.KeyAdminServicer):
-    def __init__(self, admin: KeyAdministration, policy: Callable[[], Policy]) -> None:
+    def __init__(
+        self, admin: KeyAdministration, policy: Callable[[], Policy], guard: CallGuard
+    ) -> None:
         self._admin = admin
         self._policy = policy
+        self._guard = guard
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Any) -> pb.ListKeysResponse:  # noqa: N802
         async def run(_: Caller) -> pb.ListKeysResponse:
@@ -187,33 +188,13 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         method: str,
         run: Callable[[Caller], Awaitable[Response]],
     ) -> Response:
-        request_id = uuid.uuid4().hex
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        try:
-            caller = _caller(context)
-            if not self._policy().allows(caller.identity, ADMIN_SCOPE):
+        async with self._guard.call(
+            context, "KeyAdmin", method, operation="admin", audit_every_call=True
+        ) as call:
+            if not self._policy().allows(call.caller.identity, ADMIN_SCOPE):
                 raise PermissionDenied(ADMIN_SCOPE)
-            response = await run(caller)
-        except Exception as error:  # noqa: BLE001 - every error becomes a status here
-            code, message = status_for(error)
-            level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
-            logger.log(
-                level,
-                "KeyAdmin.%s failed",
-                method,
-                extra={
-                    "request_id": request_id,
-                    "status": code.name,
-                    "error": type(error).__name__,
-                },
-            )
-            await context.abort(code, message)
-            raise  # context.abort raises; this line is never reached
-        logger.info(
-            "KeyAdmin.%s completed",
-            method,
-            extra={"request_id": request_id, "caller": caller.identity},
-        )
+            response = await run(call.caller)
+            call.rpc.set_outcome(grpc.StatusCode.OK)
         return response
 
 

@@ -50,3 +50,15 @@ class FailedPrecondition(TokenvaultError):
 
 class ConfigError(TokenvaultError):
     """A configuration file or setting is invalid; raised at start-up or on reload."""
+
+
+class AccessRefused(TokenvaultError):
+    """The caller is revoked, suspended or outside its allowed sources: maps to PERMISSION_DENIED.
+
+    ``reason`` is a fixed code ("identity_revoked", "serial_revoked", "suspended",
+    "source_not_allowed") for logs and metrics; the message is the caller-facing text.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -28,6 +28,16 @@ class Caller:
     serial_number: int
 
 
+@dataclass(frozen=True)
+class CallInfo:
+    """Who made one RPC and how to correlate it: the audit trail records all of it."""
+
+    caller: Caller
+    request_id: str
+    peer: str = ""
+    trace_id: str = ""
+
+
 def identity_from_certificate(certificate: x509.Certificate) -> Caller:
     """Derive the caller identity from a verified client certificate."""
     spiffe_id = _spiffe_id(certificate)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -14,33 +15,52 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tokenvault.v1 import key_admin_pb2, key_admin_pb2_grpc, tokenization_pb2, tokenization_pb2_grpc
+from tokenvault.v1 import (
+    caller_admin_pb2,
+    caller_admin_pb2_grpc,
+    key_admin_pb2,
+    key_admin_pb2_grpc,
+    tokenization_pb2,
+    tokenization_pb2_grpc,
+)
 
 from keys.datakeys import DataKeyManager
 from keys.lifecycle import KeyChangeListener, KeyLifecycle
 from keys.provider import KekProvider
 from keys.reencrypt import Reencryptor
+from keys.tracing import TracedKekProvider
+from vault.abuse import AnomalyDetector, ConcurrencyLimiter, RateLimiter
+from vault.access.gate import AccessGate
+from vault.access.policy_store import PolicyStore
+from vault.access.revocation import RevocationList
+from vault.access.suspension import Suspensions
 from vault.admin import KeyAdministration
 from vault.admin_servicer import KeyAdminServicer
+from vault.audit.signing import load_signing_key
+from vault.audit.trail import AuditTrail
+from vault.caller_admin import CallerAdministration
+from vault.caller_admin_servicer import CallerAdminServicer
 from vault.errors import ConfigError
 from vault.formats import load_templates
 from vault.formats.base import Template
+from vault.guard import CallGuard
 from vault.kek import open_kek_provider
 from vault.modes.vaulted import VaultedTokenizer
 from vault.modes.vaultless import VaultlessTokenizer
-from vault.policy import Policy, load_policy
 from vault.service import TokenizationService
 from vault.servicer import TokenizationServicer
 from vault.settings import Settings
-from vault.store.audit import AuditLog
 from vault.store.db import create_pool, migrate
 from vault.store.tokens import TokenStore
+from vault.telemetry import Telemetry, setup_telemetry
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = tokenization_pb2.DESCRIPTOR.services_by_name["Tokenization"].full_name
 ADMIN_SERVICE_NAME = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
+CALLER_ADMIN_SERVICE_NAME = caller_admin_pb2.DESCRIPTOR.services_by_name["CallerAdmin"].full_name
 EXPIRED_TOKEN_SWEEP_SECONDS = 300
+ANOMALY_ACTOR = "anomaly-detector"
 
 
 @dataclass
@@ -48,27 +68,26 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     pool: asyncpg.Pool
-    provider: KekProvider
     health: health.aio.HealthServicer
     service: TokenizationService
     keys: DataKeyManager
     admin: KeyAdministration
-    listener: KeyChangeListener
+    policy_store: PolicyStore
+    revocations: RevocationList
+    suspensions: Suspensions
+    audit: AuditTrail
+    telemetry: Telemetry
     grace_seconds: float
-    _sweeper: asyncio.Task[None] | None = None
+    # Closed in reverse order on stop: background tasks, listeners, pool, provider.
+    _resources: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish for ``grace`` seconds, then close."""
         grace = self.grace_seconds if grace is None else grace
         logger.info("server stopping", extra={"port": self.port, "grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         await self.server.stop(grace)
-        await self.admin.close()
-        await self.listener.stop()
-        await self.pool.close()
-        self.provider.close()
+        await self._resources.aclose()
         logger.info("server stopped", extra={"port": self.port})
 
     async def wait(self) -> None:
@@ -105,33 +124,104 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
     )
 
 
+async def _started(stack: AsyncExitStack, start: Awaitable[None], stop: Callable[[], Any]) -> None:
+    """Await ``start`` and register ``stop`` to run when the stack closes."""
+    await start
+    stack.push_async_callback(_call_async, stop)
+
+
+async def _call_async(function: Callable[[], Any]) -> None:
+    result = function()
+    if asyncio.iscoroutine(result):
+        await result
+
+
 async def start_server(settings: Settings) -> RunningServer:
     """Start serving; returns once the port is bound and the health status is SERVING."""
     templates = build_templates(settings)
-    policy: Policy = load_policy(settings.policy_file, known_templates=templates)
     credentials = _server_credentials(settings)
-    provider = open_kek_provider(settings.kek)
-
-    pool = await create_pool(
-        settings.dsn, min_size=settings.min_connections, max_size=settings.max_connections
+    policy_store = PolicyStore(settings.policy_file, known_templates=templates)
+    signing_key = (
+        load_signing_key(settings.audit.signing_key_file)
+        if settings.audit.signing_key_file
+        else None
     )
+
+    stack = AsyncExitStack()
     try:
+        telemetry = setup_telemetry(settings.telemetry, known_templates=templates)
+        stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
+        provider: KekProvider = TracedKekProvider(open_kek_provider(settings.kek), telemetry)
+        stack.callback(provider.close)
+        pool = await create_pool(
+            settings.dsn, min_size=settings.min_connections, max_size=settings.max_connections
+        )
+        stack.push_async_callback(pool.close)
         version = await migrate(pool)
         keys = DataKeyManager(pool, provider)
         await keys.ensure(templates)
+        logger.info(
+            "database ready", extra={"schema_version": version, "templates": len(templates)}
+        )
+        return await _serve(
+            settings,
+            templates,
+            credentials,
+            policy_store,
+            signing_key,
+            telemetry,
+            provider,
+            pool,
+            keys,
+            stack,
+        )
     except BaseException:
-        await pool.close()
-        provider.close()
+        await stack.aclose()
         raise
-    logger.info("database ready", extra={"schema_version": version, "templates": len(templates)})
 
+
+async def _serve(
+    settings: Settings,
+    templates: dict[str, Template],
+    credentials: grpc.ServerCredentials,
+    policy_store: PolicyStore,
+    signing_key: Any,
+    telemetry: Telemetry,
+    provider: KekProvider,
+    pool: asyncpg.Pool,
+    keys: DataKeyManager,
+    stack: AsyncExitStack,
+) -> RunningServer:
+    audit = AuditTrail(
+        pool,
+        signing_key=signing_key,
+        checkpoint_interval_seconds=settings.audit.checkpoint_seconds,
+        sink=settings.audit.stream if settings.audit.stream != "-" else _stdout(),
+    )
+    await _started(stack, audit.start(), audit.stop)
+    await _started(stack, policy_store.start(), policy_store.stop)
+    revocations = RevocationList(pool, settings.dsn)
+    await _started(stack, revocations.start(), revocations.stop)
+    suspensions = Suspensions(pool, settings.dsn)
+    await _started(stack, suspensions.start(), suspensions.stop)
+
+    policy = policy_store.current
     vaultless = VaultlessTokenizer(keys)
+    guard = CallGuard(
+        policy=policy,
+        telemetry=telemetry,
+        gate=AccessGate(policy_store, revocations, suspensions),
+        rate_limiter=RateLimiter(pool),
+        concurrency=ConcurrencyLimiter(),
+        audit=audit,
+    )
     service = TokenizationService(
         templates=templates,
-        policy=lambda: policy,
+        policy=policy,
         vaultless=vaultless,
         vaulted=VaultedTokenizer(keys, TokenStore(pool)),
-        audit=AuditLog(pool),
+        audit=audit,
+        anomaly=AnomalyDetector(pool, _suspender(suspensions)),
         max_batch_items=settings.max_batch_items,
     )
     admin = KeyAdministration(
@@ -145,6 +235,7 @@ async def start_server(settings: Settings) -> RunningServer:
     listener = KeyChangeListener(
         settings.dsn, keys, on_change=lambda change: vaultless.forget(change.get("template"))
     )
+    await _started(stack, listener.start(), listener.stop)
 
     server = grpc.aio.server(
         options=[
@@ -155,15 +246,25 @@ async def start_server(settings: Settings) -> RunningServer:
             ("grpc.max_send_message_length", settings.max_message_bytes * 2),
         ]
     )
-    tokenization_pb2_grpc.add_TokenizationServicer_to_server(TokenizationServicer(service), server)
+    tokenization_pb2_grpc.add_TokenizationServicer_to_server(
+        TokenizationServicer(service, guard, telemetry), server
+    )
     key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
-        KeyAdminServicer(admin, lambda: policy), server
+        KeyAdminServicer(admin, policy, guard), server
+    )
+    caller_admin = CallerAdministration(
+        policy_store=policy_store, revocations=revocations, suspensions=suspensions
+    )
+    caller_admin_pb2_grpc.add_CallerAdminServicer_to_server(
+        CallerAdminServicer(caller_admin, policy, guard), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
             SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
+            CALLER_ADMIN_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -174,32 +275,47 @@ async def start_server(settings: Settings) -> RunningServer:
     except RuntimeError:
         port = 0  # grpcio raises where older releases returned 0
     if port == 0:
-        await pool.close()
-        provider.close()
         raise ConfigError(
             f"server.listen: could not bind {settings.listen}; is another server using the port?"
         )
     await server.start()
-    await listener.start()
     await admin.start_background()
+    stack.push_async_callback(admin.close)
+    sweeper = asyncio.create_task(_sweep_expired(TokenStore(pool)))
+    stack.callback(sweeper.cancel)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    running = RunningServer(
+    logger.info("server started", extra={"listen": settings.listen, "port": port})
+    return RunningServer(
         server=server,
         port=port,
         pool=pool,
-        provider=provider,
         health=health_servicer,
         service=service,
         keys=keys,
         admin=admin,
-        listener=listener,
+        policy_store=policy_store,
+        revocations=revocations,
+        suspensions=suspensions,
+        audit=audit,
+        telemetry=telemetry,
         grace_seconds=settings.shutdown_grace_seconds,
+        _resources=stack,
     )
-    running._sweeper = asyncio.create_task(_sweep_expired(TokenStore(pool)))
-    logger.info("server started", extra={"listen": settings.listen, "port": port})
-    return running
+
+
+def _suspender(suspensions: Suspensions) -> Callable[[str, str], Awaitable[None]]:
+    async def suspend(identity: str, reason: str) -> None:
+        await suspensions.suspend(identity, reason, ANOMALY_ACTOR)
+
+    return suspend
+
+
+def _stdout() -> Any:
+    import sys
+
+    return sys.stdout
 
 
 async def _sweep_expired(store: TokenStore) -> None:

@@ -11,21 +11,22 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vault.abuse import AnomalyDetector, CallerSuspended
+from vault.audit.trail import AuditTrail, AuditUnavailable
+from vault.call_audit import call_event, item_events, safe_template
 from vault.errors import (
     InvalidValue,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     TokenvaultError,
-    Unavailable,
 )
 from vault.formats.base import Mode, Side, Split, Template
 from vault.formats.luhn import is_luhn_valid
-from vault.identity import Caller
+from vault.identity import Caller, CallInfo
 from vault.modes.vaulted import Revealed, TokenizeJob, VaultedTokenizer
 from vault.modes.vaultless import VaultlessTokenizer
 from vault.policy import Policy
-from vault.store.audit import AuditEvent, AuditLog, token_digest
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class TokenizationService:
         policy: Callable[[], Policy],
         vaultless: VaultlessTokenizer,
         vaulted: VaultedTokenizer,
-        audit: AuditLog,
+        audit: AuditTrail,
+        anomaly: AnomalyDetector | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         self.templates = dict(templates)
@@ -82,10 +84,10 @@ class TokenizationService:
         self._vaultless = vaultless
         self._vaulted = vaulted
         self._audit = audit
+        self._anomaly = anomaly
 
-    async def tokenize(
-        self, caller: Caller, items: Sequence[TokenizeItem], *, request_id: str
-    ) -> list[ItemResult]:
+    async def tokenize(self, call: CallInfo, items: Sequence[TokenizeItem]) -> list[ItemResult]:
+        caller = call.caller
         self._check_batch_size(len(items))
         policy = self._policy()
         results = [ItemResult(reference=item.reference) for item in items]
@@ -94,10 +96,15 @@ class TokenizationService:
             results,
             allowed=lambda template: policy.allows(caller.identity, "tokenize", template),
             scope="tokenize",
+            raise_when_all_fail=False,
         )
+        if all(result.error is not None for result in results):
+            await self._audit_tokenize(call, items, results)
+            self._raise_if_all_failed(results)
 
         vaultless_jobs: list[tuple[int, Template, Split]] = []
         vaulted_jobs: list[tuple[int, TokenizeJob]] = []
+        splits: dict[int, Split] = {}
         for position, item in enumerate(items):
             if results[position].error is not None:
                 continue
@@ -109,6 +116,7 @@ class TokenizationService:
             except TokenvaultError as error:
                 results[position].error = error
                 continue
+            splits[position] = split
             if template.mode is Mode.VAULTLESS:
                 vaultless_jobs.append((position, template, split))
             else:
@@ -123,18 +131,19 @@ class TokenizationService:
             for (position, _), output in zip(vaulted_jobs, vaulted_outputs, strict=True):
                 _store(results[position], output)
 
-        _log_outcome("tokenize", caller, request_id, results)
+        await self._audit_tokenize(call, items, results)
+        _log_outcome("tokenize", call, results)
         return results
 
     async def detokenize(
         self,
-        caller: Caller,
+        call: CallInfo,
         items: Sequence[DetokenizeItem],
         *,
         masked: bool,
         purpose: str,
-        request_id: str,
     ) -> list[ItemResult]:
+        caller = call.caller
         self._check_batch_size(len(items))
         if len(purpose) > MAX_PURPOSE_CHARS:
             raise InvalidValue("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
@@ -161,6 +170,8 @@ class TokenizationService:
             try:
                 _check_reference(item.reference)
                 template = self.templates[item.template]
+                if not purpose and policy.template(template.name).purpose_required:
+                    raise InvalidValue("purpose", f"is required for template {template.name}")
                 split = template.split(_bounded(item.token, "token"), Side.TOKEN)
             except TokenvaultError as error:
                 results[position].error = error
@@ -169,6 +180,7 @@ class TokenizationService:
             jobs = vaultless_jobs if template.mode is Mode.VAULTLESS else vaulted_jobs
             jobs.append((position, template, split))
 
+        await self._check_anomaly(call, len(vaultless_jobs) + len(vaulted_jobs), purpose, masked)
         if vaultless_jobs:
             outputs = await self._vaultless.detokenize([(t, s) for _, t, s in vaultless_jobs])
             for (position, _, _), output in zip(vaultless_jobs, outputs, strict=True):
@@ -185,9 +197,9 @@ class TokenizationService:
                 if result.output is not None:
                     result.output = self.templates[items[position].template].mask(result.output)
 
-        await self._write_audit(caller, items, results, splits, masked, purpose, request_id)
+        await self._audit_detokenize(call, items, results, splits, masked, purpose)
         self._raise_if_all_failed(results)
-        _log_outcome("detokenize", caller, request_id, results)
+        _log_outcome("detokenize", call, results)
         return results
 
     def template_scopes(self, caller: Caller) -> list[tuple[Template, list[str]]]:
@@ -242,71 +254,75 @@ class TokenizationService:
         if all(isinstance(error, PermissionDenied) for error in errors):
             raise errors[0]  # type: ignore[misc]
 
-    async def _write_audit(
+    async def _check_anomaly(self, call: CallInfo, items: int, purpose: str, masked: bool) -> None:
+        """Refuse, and suspend the caller, when its anomaly rule says so; before any reveal."""
+        rules = self._policy().caller(call.caller.identity)
+        if self._anomaly is None or rules is None or rules.anomaly is None or items == 0:
+            return
+        try:
+            await self._anomaly.check_detokenize(call.caller.identity, items, rules.anomaly)
+        except CallerSuspended:
+            alert = call_event(
+                call, "alert.caller_suspended", "PERMISSION_DENIED", item_count=items
+            )
+            try:
+                await self._audit.record([alert], durable=False)
+            except AuditUnavailable:
+                logger.error(
+                    "suspension alert not audited",
+                    extra={"request_id": call.request_id, "caller": call.caller.identity},
+                )
+            raise
+
+    async def _audit_tokenize(
+        self, call: CallInfo, items: Sequence[TokenizeItem], results: Sequence[ItemResult]
+    ) -> None:
+        entries = [
+            (
+                safe_template(item.template, self.templates),
+                status_name(result.error),
+                _canonical_token(self.templates.get(item.template), result.output),
+            )
+            for item, result in zip(items, results, strict=True)
+        ]
+        try:
+            await self._audit.record(item_events(call, "tokenize", entries), durable=False)
+        except AuditUnavailable:
+            # Tokens reveal nothing, so tokenization goes on; the gap is logged and counted.
+            logger.error(
+                "tokenize not audited: audit queue unavailable",
+                extra={"request_id": call.request_id, "caller": call.caller.identity},
+            )
+
+    async def _audit_detokenize(
         self,
-        caller: Caller,
+        call: CallInfo,
         items: Sequence[DetokenizeItem],
         results: Sequence[ItemResult],
         splits: Mapping[int, Split],
         masked: bool,
         purpose: str,
-        request_id: str,
     ) -> None:
-        reveal = "masked" if masked else "full"
-        events = []
-        # Items refused before any lookup (unknown template, missing scope) are caller-controlled
-        # in number, so they are counted per template and status rather than stored one by one.
-        refused: dict[tuple[str, str], int] = {}
-        for position, (item, result) in enumerate(zip(items, results, strict=True)):
-            split = splits.get(position)
-            status = status_name(result.error)
-            if split is None and isinstance(result.error, (NotFound, PermissionDenied)):
-                key = (_audit_template_name(item.template), status)
-                refused[key] = refused.get(key, 0) + 1
-                continue
-            events.append(
-                AuditEvent(
-                    caller=caller.identity,
-                    operation="detokenize",
-                    template=_audit_template_name(item.template),
-                    token_digest=token_digest(item.template, split.canonical) if split else None,
-                    reference=item.reference if _is_clean(item.reference) else "",
-                    reveal=reveal,
-                    purpose=purpose,
-                    outcome="revealed" if result.error is None else "failed",
-                    status_code=status,
-                    request_id=request_id,
-                )
+        """Write the detokenize events and wait for their commit; fail closed if it fails."""
+        entries = [
+            (
+                safe_template(item.template, self.templates),
+                status_name(result.error),
+                splits[position].canonical if position in splits else None,
             )
-        for (template, status), count in refused.items():
-            events.append(
-                AuditEvent(
-                    caller=caller.identity,
-                    operation="detokenize",
-                    template=template,
-                    token_digest=None,
-                    reference="",
-                    reveal=reveal,
-                    purpose=purpose,
-                    outcome="denied" if status == "PERMISSION_DENIED" else "failed",
-                    status_code=status,
-                    request_id=request_id,
-                    item_count=count,
-                )
-            )
+            for position, (item, result) in enumerate(zip(items, results, strict=True))
+        ]
+        events = item_events(
+            call, "detokenize", entries, reveal="masked" if masked else "full", purpose=purpose
+        )
         try:
-            await self._audit.record(events)
-        except Exception as exc:
-            # Fail closed: a value is never returned unless its audit event is stored.
+            await self._audit.record(events, durable=True)
+        except AuditUnavailable:
             logger.error(
                 "audit write failed; detokenize refused",
-                extra={
-                    "request_id": request_id,
-                    "caller": caller.identity,
-                    "error": type(exc).__name__,
-                },
+                extra={"request_id": call.request_id, "caller": call.caller.identity},
             )
-            raise Unavailable("audit trail could not be written; no value was revealed") from None
+            raise
 
 
 def status_name(error: TokenvaultError | None) -> str:
@@ -372,28 +388,20 @@ def _printable_name(name: str) -> str:
     return repr(name) if _TEMPLATE_NAME.fullmatch(name) else "the requested template"
 
 
-def _is_clean(reference: str) -> bool:
-    try:
-        _check_reference(reference)
-    except InvalidValue:
-        return False
-    return True
+def _canonical_token(template: Template | None, token: str | None) -> str | None:
+    if template is None or token is None:
+        return None
+    return template.split(token, Side.TOKEN).canonical
 
 
-def _audit_template_name(name: str) -> str:
-    return name if _TEMPLATE_NAME.fullmatch(name) else "(invalid name)"
-
-
-def _log_outcome(
-    operation: str, caller: Caller, request_id: str, results: Sequence[ItemResult]
-) -> None:
+def _log_outcome(operation: str, call: CallInfo, results: Sequence[ItemResult]) -> None:
     failed = sum(1 for result in results if result.error is not None)
     logger.info(
         "%s completed",
         operation,
         extra={
-            "request_id": request_id,
-            "caller": caller.identity,
+            "request_id": call.request_id,
+            "caller": call.caller.identity,
             "items": len(results),
             "failed": failed,
         },

@@ -1,79 +1,89 @@
 """gRPC edge of the Tokenization service: messages in, statuses out.
 
-No exception text leaves this module unchecked: every error is mapped by ``vault.status`` to a
-code and a message written to be safe, because gRPC sends the message to the client as is.
+``CallGuard`` runs the per-call checks and turns every error into a status with a safe
+message, because gRPC sends the message to the client as is.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 
 import grpc
 from google.rpc import status_pb2
 from tokenvault.v1 import tokenization_pb2 as pb
 from tokenvault.v1 import tokenization_pb2_grpc as pb_grpc
 
-from vault.errors import InvalidValue, TokenvaultError, Unauthenticated
-from vault.identity import Caller, identity_from_auth_context
+from vault.errors import InvalidValue, TokenvaultError
+from vault.guard import REQUEST_ID_HEADER, CallGuard, _caller  # noqa: F401 - used by older servicers
 from vault.service import DetokenizeItem, ItemResult, TokenizationService, TokenizeItem
 from vault.status import status_for
+from vault.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
+SERVICE = "Tokenization"
 
 
 class TokenizationServicer(pb_grpc.TokenizationServicer):
-    def __init__(self, service: TokenizationService) -> None:
+    def __init__(
+        self, service: TokenizationService, guard: CallGuard, telemetry: Telemetry | None = None
+    ) -> None:
         self._service = service
+        self._guard = guard
+        self._telemetry = telemetry
 
     async def Tokenize(  # noqa: N802 - name fixed by the proto
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
-        request_id = _start(context)
-        try:
-            caller = _caller(context)
-            items = [
-                TokenizeItem(item.template, item.value, item.reference, dict(item.metadata))
-                for item in request.items
-            ]
-            results = await self._service.tokenize(caller, items, request_id=request_id)
-        except Exception as error:  # noqa: BLE001 - every error becomes a status here
-            await _abort(context, error, request_id, "Tokenize")
+        items = [
+            TokenizeItem(item.template, item.value, item.reference, dict(item.metadata))
+            for item in request.items
+        ]
+        templates = [item.template for item in items]
+        async with self._guard.call(
+            context,
+            SERVICE,
+            "Tokenize",
+            operation="tokenize",
+            items=len(items),
+            templates=templates,
+        ) as call:
+            results = await self._service.tokenize(call.info, items)
+            self._finish(call.rpc, "Tokenize", templates, results)
         return pb.TokenizeResponse(results=[_tokenize_result(result) for result in results])
 
     async def Detokenize(  # noqa: N802
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
-        request_id = _start(context)
-        try:
-            caller = _caller(context)
+        items = [
+            DetokenizeItem(item.template, item.token, item.reference) for item in request.items
+        ]
+        templates = [item.template for item in items]
+        async with self._guard.call(
+            context,
+            SERVICE,
+            "Detokenize",
+            operation="detokenize",
+            items=len(items),
+            templates=templates,
+        ) as call:
             if request.reveal not in (pb.REVEAL_MODE_FULL, pb.REVEAL_MODE_MASKED):
                 raise InvalidValue("reveal", "must be REVEAL_MODE_FULL or REVEAL_MODE_MASKED")
-            items = [
-                DetokenizeItem(item.template, item.token, item.reference) for item in request.items
-            ]
             results = await self._service.detokenize(
-                caller,
+                call.info,
                 items,
                 masked=request.reveal == pb.REVEAL_MODE_MASKED,
                 purpose=request.purpose,
-                request_id=request_id,
             )
-        except Exception as error:  # noqa: BLE001
-            await _abort(context, error, request_id, "Detokenize")
+            self._finish(call.rpc, "Detokenize", templates, results)
         return pb.DetokenizeResponse(results=[_detokenize_result(result) for result in results])
 
     async def ListTemplates(  # noqa: N802
         self, request: pb.ListTemplatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTemplatesResponse:
-        request_id = _start(context)
-        try:
-            caller = _caller(context)
-            listing = self._service.template_scopes(caller)
-        except Exception as error:  # noqa: BLE001
-            await _abort(context, error, request_id, "ListTemplates")
+        async with self._guard.call(context, SERVICE, "ListTemplates", operation="list") as call:
+            listing = self._service.template_scopes(call.caller)
+            call.rpc.set_outcome(grpc.StatusCode.OK)
         return pb.ListTemplatesResponse(
             templates=[
                 pb.TemplateInfo(
@@ -87,37 +97,16 @@ class TokenizationServicer(pb_grpc.TokenizationServicer):
             max_batch_items=self._service.max_batch_items,
         )
 
-
-def _start(context: grpc.aio.ServicerContext) -> str:
-    request_id = uuid.uuid4().hex
-    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-    return request_id
-
-
-def _caller(context: grpc.aio.ServicerContext) -> Caller:
-    auth = context.auth_context()
-    if not auth:
-        raise Unauthenticated("a client certificate is required (mutual TLS)")
-    return identity_from_auth_context(auth)
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext, error: Exception, request_id: str, method: str
-) -> None:
-    code, message = status_for(error)
-    if isinstance(error, TokenvaultError):
-        logger.info(
-            "%s rejected",
-            method,
-            extra={"request_id": request_id, "status": code.name, "error": type(error).__name__},
-        )
-    else:
-        logger.error(
-            "%s failed",
-            method,
-            extra={"request_id": request_id, "status": code.name, "error": type(error).__name__},
-        )
-    await context.abort(code, message)
+    def _finish(
+        self, rpc: object, method: str, templates: list[str], results: list[ItemResult]
+    ) -> None:
+        failed = sum(1 for result in results if result.error is not None)
+        rpc.set_outcome(grpc.StatusCode.OK, failed)  # type: ignore[attr-defined]
+        if self._telemetry is not None:
+            self._telemetry.record_items(
+                method,
+                [(t, r.error is None) for t, r in zip(templates, results, strict=True)],
+            )
 
 
 def _item_status(error: TokenvaultError | Exception) -> status_pb2.Status:

@@ -40,7 +40,20 @@ Example (paths are relative to the file's folder)::
     #   timeout_seconds = 5
     #   create_if_missing = false
     [policy]
-    file = "policy.toml"
+    file = "policy.toml"             # reloaded when it changes; a broken file keeps the old one
+
+    [audit]
+    signing_key_file = "audit-signing.key"   # Ed25519 key that signs chain checkpoints
+                                             # (tokenvault audit keygen); without it the chain
+                                             # is kept but not signed
+    checkpoint_seconds = 60          # how often the chain head is signed
+    stream = "audit.jsonl"           # optional: also append committed events as JSON lines
+                                     # to this file ("-" for stdout)
+
+    [telemetry]
+    traces = "otlp"                  # "off" (default), "console" or "otlp"
+    metrics = "otlp"
+    otlp_endpoint = "http://127.0.0.1:4317"
 
     [templates]
     include_defaults = true          # the shipped templates (vault/formats/defaults.toml)
@@ -62,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from vault.errors import ConfigError
+from vault.telemetry import TelemetrySettings, parse_telemetry
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_MAX_BATCH_ITEMS = 10_000
@@ -112,6 +126,13 @@ class KekSettings:
     vault_transit: VaultTransitSettings | None = None
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    signing_key_file: Path | None = None
+    checkpoint_seconds: float = 60.0
+    stream: Path | str | None = None
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     listen: str
@@ -126,6 +147,8 @@ class Settings:
     shutdown_grace_seconds: float = DEFAULT_GRACE_SECONDS
     min_connections: int = 2
     max_connections: int = 10
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __repr__(self) -> str:  # the DSN may contain a password
         return f"Settings(listen={self.listen!r}, policy_file={str(self.policy_file)!r})"
@@ -144,7 +167,11 @@ def load_settings(path: Path) -> Settings:
 
 
 def parse_settings(document: Mapping[str, Any], *, base_dir: Path) -> Settings:
-    _only_keys(document, "", {"server", "tls", "database", "kek", "policy", "templates"})
+    _only_keys(
+        document,
+        "",
+        {"server", "tls", "database", "kek", "policy", "templates", "audit", "telemetry"},
+    )
     server = _table(document, "server")
     _only_keys(
         server,
@@ -182,8 +209,24 @@ def parse_settings(document: Mapping[str, Any], *, base_dir: Path) -> Settings:
         shutdown_grace_seconds=float(
             _int(server, "server.shutdown_grace_seconds", int(DEFAULT_GRACE_SECONDS), 0, 600)
         ),
+        audit=_audit(_table(document, "audit"), base_dir),
+        telemetry=parse_telemetry(_table(document, "telemetry")),
         min_connections=_int(database, "database.min_connections", 2, 1, 100),
         max_connections=_int(database, "database.max_connections", 10, 1, 500),
+    )
+
+
+def _audit(table: Mapping[str, Any], base_dir: Path) -> AuditSettings:
+    _only_keys(table, "audit", {"signing_key_file", "checkpoint_seconds", "stream"})
+    key_file = (
+        _path(table, "audit.signing_key_file", base_dir) if "signing_key_file" in table else None
+    )
+    interval = _int(table, "audit.checkpoint_seconds", 60, 1, 86_400)
+    stream: Path | str | None = None
+    if "stream" in table:
+        stream = "-" if table["stream"] == "-" else _path(table, "audit.stream", base_dir)
+    return AuditSettings(
+        signing_key_file=key_file, checkpoint_seconds=float(interval), stream=stream
     )
 
 

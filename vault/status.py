@@ -12,6 +12,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.AccessRefused, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),

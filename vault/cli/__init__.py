@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vault.audit import cli as audit_cli
     from vault.cli import client_commands, dev, keys, serve
 
     parser = argparse.ArgumentParser(
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_parser(subparsers)
     serve.add_parser(subparsers)
     keys.add_parser(subparsers)
+    audit_cli.add_parser(subparsers)
     client_commands.add_tokenize_parser(subparsers)
     client_commands.add_detokenize_parser(subparsers)
     return parser

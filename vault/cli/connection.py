@@ -24,7 +24,7 @@ class CommandError(Exception):
 def add_connection_arguments(
     parser: argparse.ArgumentParser, *, default_caller: str, timeout_flag: str = "--timeout"
 ) -> None:
-    """Add the connection options; the request deadline is stored as ``timeout``.
+    """Add the connection options to ``parser``, with the request deadline stored as ``timeout``.
 
     ``timeout_flag`` renames the deadline option for commands that use --timeout for a longer
     wait of their own.

@@ -60,10 +60,22 @@ POLL_INTERVAL_SECONDS = 0.5
 DEFAULT_WAIT_SECONDS = 3600.0
 # When standard error is not a terminal (a log file, CI), a progress line at most this often.
 PLAIN_PROGRESS_INTERVAL_SECONDS = 5.0
-# A followed job stops changing on its own in one of these statuses; "paused" waits for resume.
+# Columns kept for the figures after the bar, such as " 45.0%  4,500/10,000 rows  1,100 rows/s
+# ETA 0:00:05" (52 columns), with room for larger numbers.
+BAR_FIGURES_RESERVE = 64
+# Statuses in which a followed job no longer changes on its own. A paused job waits for resume.
 STOPPED_JOB_STATUSES = frozenset({"done", "failed", "paused"})
 
 AdminAction = Callable[[KeyAdminClient, argparse.Namespace], int]
+
+KEYS_DESCRIPTION = """\
+Manage keys. init-local creates a local KEK file. Every other command calls the KeyAdmin
+service of a running server, which needs the scope admin:keys. The default caller, custodian,
+has it in the dev policy. Output is an aligned table, or one JSON document with --json.
+
+Exit codes: 0 on success. 1 when the job that `reencrypt --wait` or `status --watch` follows
+failed, was paused or was still running at --timeout. 2 for usage, connection and call errors.
+"""
 
 
 # Parsers
@@ -73,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "keys",
         help="manage keys: local KEK files, rotation, re-encryption and destruction",
-        description=__doc__,
+        description=KEYS_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
@@ -130,7 +142,7 @@ def _add_key_parsers(commands: argparse._SubParsersAction) -> None:
         action="append",
         choices=PURPOSES,
         default=[],
-        help="purpose to rotate; repeat for several (default: every purpose the template uses)",
+        help="purpose to rotate, repeatable (default: every purpose the template uses)",
     )
 
     _admin_parser(
@@ -162,7 +174,7 @@ def _add_reencryption_parsers(commands: argparse._SubParsersAction) -> None:
         "reencrypt",
         run_reencrypt,
         help_text="start moving a template's vaulted rows to its active key versions",
-        waits=True,
+        wait_flag="--wait",
     )
     reencrypt.add_argument(
         "--template", required=True, metavar="NAME", help="template whose rows to re-encrypt"
@@ -190,7 +202,7 @@ def _add_reencryption_parsers(commands: argparse._SubParsersAction) -> None:
         "status",
         run_status,
         help_text="show re-encryption jobs, or one job",
-        waits=True,
+        wait_flag="--watch",
     )
     status.add_argument(
         "job_id",
@@ -205,7 +217,7 @@ def _add_reencryption_parsers(commands: argparse._SubParsersAction) -> None:
     status.add_argument(
         "--watch",
         action="store_true",
-        help="follow the job until it is done, failed or paused; without JOB_ID, follow the "
+        help="follow the job until it is done, failed or paused. Without JOB_ID, follow the "
         "only running or paused job",
     )
 
@@ -258,31 +270,31 @@ def _admin_parser(
     action: AdminAction,
     *,
     help_text: str,
-    waits: bool = False,
+    wait_flag: str | None = None,
 ) -> argparse.ArgumentParser:
     """Add a subcommand that calls the KeyAdmin service through ``run_admin_command``.
 
-    With ``waits``, --timeout bounds the wait for a job and the request deadline moves to
-    --request-timeout.
+    For a command that can follow a job with ``wait_flag``, --timeout bounds that wait and the
+    request deadline moves to --request-timeout.
     """
     description = help_text[0].upper() + help_text[1:] + "."
     parser = commands.add_parser(name, help=help_text, description=description)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document instead of a table"
     )
-    if waits:
+    if wait_flag is not None:
         parser.add_argument(
             "--timeout",
             dest="wait_timeout",
             type=positive_float,
             default=DEFAULT_WAIT_SECONDS,
             metavar="SECONDS",
-            help="maximum time to follow the job (default: %(default)s)",
+            help=f"how long {wait_flag} follows the job before giving up (default: %(default)s)",
         )
     add_connection_arguments(
         parser,
         default_caller=DEFAULT_CALLER,
-        timeout_flag="--request-timeout" if waits else "--timeout",
+        timeout_flag="--timeout" if wait_flag is None else "--request-timeout",
     )
     parser.set_defaults(func=run_admin_command, action=action)
     return parser
@@ -341,7 +353,7 @@ def describe_admin_error(error: TokenvaultClientError, target: str, *, waits: bo
     """
     if error.code == grpc.StatusCode.PERMISSION_DENIED:
         return (
-            f"{error}. Key administration needs the scope admin:keys: use --as custodian with "
+            f"{error}. Key administration needs the scope admin:keys. Use --as custodian with "
             "the dev state, or a --cert whose identity the policy grants admin:keys"
         )
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -420,7 +432,7 @@ def run_reencrypt(client: KeyAdminClient, args: argparse.Namespace) -> int:
 
 def run_status(client: KeyAdminClient, args: argparse.Namespace) -> int:
     if args.job_id is not None and args.template:
-        raise CommandError("--template selects jobs only without JOB_ID; pass one or the other")
+        raise CommandError("pass either JOB_ID or --template, not both")
     if args.watch:
         job = (
             client.get_reencryption(args.job_id)
@@ -449,10 +461,12 @@ def _only_unfinished_job(client: KeyAdminClient, template: str) -> ReencryptionJ
     jobs = client.list_reencryptions(template, unfinished_only=True)
     scope = f" for template {template}" if template else ""
     if not jobs:
-        raise CommandError(f"no running or paused re-encryption job{scope}; pass JOB_ID")
+        raise CommandError(f"no running or paused re-encryption job{scope} to watch")
     if len(jobs) > 1:
         ids = ", ".join(str(job.job_id) for job in jobs)
-        raise CommandError(f"several unfinished re-encryption jobs{scope} ({ids}); pass JOB_ID")
+        raise CommandError(
+            f"several unfinished re-encryption jobs{scope} ({ids}). Pass one as JOB_ID"
+        )
     return jobs[0]
 
 
@@ -554,7 +568,7 @@ def _follow_and_report(
 
     if result.timed_out:
         print(
-            f"job {final.job_id} is still {final.status} after {args.wait_timeout:g} s; follow "
+            f"job {final.job_id} is still {final.status} after {args.wait_timeout:g} s. Follow "
             f"it with `tokenvault keys status {final.job_id} --watch`",
             file=sys.stderr,
         )
@@ -563,8 +577,8 @@ def _follow_and_report(
         return EXIT_OK
     if final.status == "paused":
         print(
-            f"job {final.job_id} is paused at {final.rows_done:,} of {final.rows_total:,} rows; "
-            f"resume it with `tokenvault keys resume {final.job_id}`",
+            f"job {final.job_id} is paused at {final.rows_done:,} of {final.rows_total:,} rows. "
+            f"Resume it with `tokenvault keys resume {final.job_id}`",
             file=sys.stderr,
         )
     else:
@@ -574,7 +588,7 @@ def _follow_and_report(
 
 @dataclasses.dataclass(frozen=True)
 class FollowResult:
-    """Last state seen of a followed job; ``timed_out`` when the wait ended before it stopped."""
+    """Last state seen of a followed job, and whether the wait ended before the job stopped."""
 
     job: ReencryptionJob
     timed_out: bool
@@ -619,7 +633,7 @@ def follow_job(
 
 
 class ProgressReporter:
-    """Progress of a job on a stream: a redrawn bar on a terminal, else a line every 5 s."""
+    """Progress display of a job: a bar redrawn in place on a terminal, else a line every 5 s."""
 
     def __init__(
         self,
@@ -637,8 +651,11 @@ class ProgressReporter:
         self._last_line_at: float | None = None
         self._last_job: ReencryptionJob | None = None
         self._last_written: ReencryptionJob | None = None
+        # First observation (clock time, rows done), the baseline of the observed rate.
+        self._baseline: tuple[float, int] | None = None
 
     def update(self, job: ReencryptionJob) -> None:
+        job = self._with_rate(job)
         self._last_job = job
         if self._tty:
             # \r returns to the line start and \x1b[K clears what a longer bar left behind.
@@ -656,6 +673,21 @@ class ProgressReporter:
                 self._last_line_at = now
                 self._last_written = job
         self._stream.flush()
+
+    def _with_rate(self, job: ReencryptionJob) -> ReencryptionJob:
+        # The server reports rate 0 when another process runs the job, for example another
+        # replica. Progress then shows the rate observed since this display started instead.
+        now = self._clock()
+        if self._baseline is None:
+            self._baseline = (now, job.rows_done)
+        if job.rows_per_second > 0 or job.status != "running":
+            return job
+        started_at, rows_at_start = self._baseline
+        elapsed = now - started_at
+        if elapsed <= 0 or job.rows_done <= rows_at_start:
+            return job
+        observed = (job.rows_done - rows_at_start) / elapsed
+        return dataclasses.replace(job, rows_per_second=observed)
 
     def note(self, message: str) -> None:
         """Write a message on its own line, below the bar when one is shown."""
@@ -682,7 +714,7 @@ class ProgressReporter:
 
 
 def progress_percent(job: ReencryptionJob) -> float:
-    """Return the share of rows done, 0 to 100; a done job without rows counts as 100."""
+    """Return the share of rows done from 0 to 100. A done job without rows counts as 100."""
     if job.rows_total > 0:
         return min(100.0, 100.0 * job.rows_done / job.rows_total)
     return 100.0 if job.status == "done" else 0.0
@@ -701,7 +733,7 @@ def estimate_seconds_left(job: ReencryptionJob) -> float | None:
 
 
 def format_duration(seconds: float | None) -> str:
-    """Format seconds as H:MM:SS, rounded up; None gives "?"."""
+    """Format seconds as H:MM:SS, rounded up, or "?" for None."""
     if seconds is None:
         return "?"
     whole = int(-(-seconds // 1))
@@ -718,12 +750,17 @@ def _progress_figures(job: ReencryptionJob) -> str:
 
 
 def render_progress_bar(job: ReencryptionJob, columns: int) -> str:
-    """Render a one-line bar that fits in ``columns``, the bar between 10 and 40 cells wide."""
-    prefix = f"job {job.job_id} {job.status} "
-    figures = _progress_figures(job)
-    width = max(10, min(40, columns - len(prefix) - len(figures) - 4))
+    """Render the bar line for a terminal ``columns`` wide, the bar 10 to 40 cells wide.
+
+    The bar width depends only on ``columns`` and the job id, so it stays put while the figures
+    change. A line longer than the terminal is cut, because a wrapped line cannot be redrawn.
+    """
+    prefix = f"job {job.job_id} {job.status:<7} "
+    width = max(10, min(40, columns - len(prefix) - BAR_FIGURES_RESERVE))
     filled = int(width * progress_percent(job) / 100)
-    return f"{prefix}[{'#' * filled}{'.' * (width - filled)}] {figures}"
+    line = f"{prefix}[{'#' * filled}{'.' * (width - filled)}] {_progress_figures(job)}"
+    # The last column stays empty: some terminals wrap when a line fills it.
+    return line[: max(columns - 1, 1)]
 
 
 def format_progress_line(job: ReencryptionJob) -> str:

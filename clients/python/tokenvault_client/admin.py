@@ -62,7 +62,7 @@ class KeyVersion:
     kek: KekVersion
     created_at: datetime.datetime | None
     updated_at: datetime.datetime | None
-    # Vaulted rows this version protects; None for FF1 keys, whose tokens are not stored.
+    # Vaulted rows this version protects, or None for FF1 keys, whose tokens are not stored.
     rows: int | None
 
     @classmethod
@@ -128,7 +128,7 @@ class ReencryptionJob:
     started_at: datetime.datetime | None
     updated_at: datetime.datetime | None
     finished_at: datetime.datetime | None
-    # Why the job failed; empty unless ``status`` is "failed".
+    # The server's reason for the failure, empty unless ``status`` is "failed".
     error: str
 
     @property
@@ -233,7 +233,7 @@ def _timestamp(message: Any, field_name: str) -> datetime.datetime | None:
 
 
 class KeyAdminClient:
-    """Client for the KeyAdmin service over one mutual-TLS channel; safe to share between threads.
+    """Client for the KeyAdmin service over one mutual-TLS channel, safe to share between threads.
 
     Every RPC gets a deadline of ``timeout`` seconds. A failed call raises the matching
     ``TokenvaultClientError`` subclass: ``PermissionDeniedError`` when the caller lacks the
@@ -343,7 +343,7 @@ class KeyAdminClient:
         return tuple(KeyVersion.from_proto(key) for key in response.rotated)
 
     def rotate_kek(self) -> KekRotation:
-        """Create a new KEK version and rewrap every data key under it; no row is re-encrypted."""
+        """Create a new KEK version and rewrap every data key under it. No row is re-encrypted."""
         return KekRotation.from_proto(self._invoke(self._rotate_kek_rpc, pb.RotateKekRequest()))
 
     def set_key_state(self, template: str, purpose: str, version: int, state: str) -> KeyVersion:
@@ -404,7 +404,7 @@ class KeyAdminClient:
     def propose_destroy(
         self, template: str, purpose: str, version: int, *, force: bool = False
     ) -> DestroyRequest:
-        """Propose destroying a key version; a different custodian must approve the request.
+        """Propose destroying a key version, which a different custodian must then approve.
 
         Without ``force`` the server rejects a version that still protects data.
         """

@@ -1,0 +1,95 @@
+"""Audit events built from calls and their results; none carries a value or a token."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import groupby
+
+from vault.audit.events import AuditEvent, split_by_digests, token_digest
+from vault.identity import CallInfo
+
+
+def _event(call: CallInfo, **fields: object) -> AuditEvent:
+    peer = call.peer.split(":", 1)[1].rsplit(":", 1)[0] if ":" in call.peer else call.peer
+    return AuditEvent(
+        caller=call.caller.identity,
+        fingerprint=call.caller.fingerprint_sha256,
+        trace_id=call.trace_id,
+        peer=peer.strip("[]"),
+        request_id=call.request_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def outcome_of(statuses: Sequence[str]) -> str:
+    ok = sum(1 for status in statuses if status == "OK")
+    if ok == len(statuses):
+        return "ok"
+    return "partial" if ok else "failed"
+
+
+def item_events(
+    call: CallInfo,
+    operation: str,
+    items: Sequence[tuple[str, str, str | None]],
+    *,
+    reveal: str = "",
+    purpose: str = "",
+) -> list[AuditEvent]:
+    """Group (template, status, canonical token or None) items into events per template and status.
+
+    Each event carries the digests of its items' tokens, split into several events when there
+    are more than one event can hold.
+    """
+    events: list[AuditEvent] = []
+    ordered = sorted(items, key=lambda item: (item[0], item[1]))
+    for (template, status), group in groupby(ordered, key=lambda item: (item[0], item[1])):
+        members = list(group)
+        digests = [token_digest(template, token) for _, _, token in members if token]
+        base = _event(
+            call,
+            operation=operation,
+            template=template,
+            item_count=len(members),
+            reveal=reveal,
+            purpose=purpose,
+            outcome=_outcome_for_status(status),
+            status_code=status,
+        )
+        events.extend(split_by_digests(base, digests) if digests else [base])
+    return events
+
+
+def call_event(
+    call: CallInfo,
+    operation: str,
+    status: str,
+    *,
+    templates: Sequence[str] = (),
+    item_count: int = 0,
+    purpose: str = "",
+) -> AuditEvent:
+    """Return one event for a whole call (an admin call, or a call refused before its items)."""
+    names = sorted(set(templates))
+    return _event(
+        call,
+        operation=operation,
+        template=names[0] if len(names) == 1 else "",
+        item_count=item_count,
+        purpose=purpose,
+        outcome=_outcome_for_status(status),
+        status_code=status,
+    )
+
+
+def _outcome_for_status(status: str) -> str:
+    if status == "OK":
+        return "ok"
+    if status in ("PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED"):
+        return "denied"
+    return "failed"
+
+
+def safe_template(name: str, known: Mapping[str, object]) -> str:
+    """Return ``name`` if it is a configured template, else a placeholder (it is caller text)."""
+    return name if name in known else "(unknown)"
