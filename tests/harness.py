@@ -71,6 +71,8 @@ class ServiceHarness:
         self.max_batch_items = max_batch_items
         self.database = database or f"e2e_{uuid.uuid4().hex[:12]}"
         self.kek = kek
+        # Callers beyond CALLERS that a test's policy names; each gets a client certificate.
+        self.extra_callers: tuple[str, ...] = ()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -78,7 +80,7 @@ class ServiceHarness:
     # Lifecycle
 
     def start(self) -> ServiceHarness:
-        self._write_files()
+        self.write_files()
         self._thread.start()
         self.running = self.call(self._start())
         return self
@@ -138,14 +140,14 @@ class ServiceHarness:
         await ensure_database(self.pg.dsn(), self.database)
         return await start_server(self.settings())
 
-    def _write_files(self) -> None:
+    def write_files(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         ca = pki.create_ca("Tokenvault test CA")
         pki.write_certificate(self.folder / "ca.pem", ca.certificate, overwrite=True)
         server = pki.issue_server_certificate(ca, hosts=["127.0.0.1", "localhost"])
         pki.write_certificate(self.folder / "server.pem", server.certificate, overwrite=True)
         pki.write_private_key(self.folder / "server-key.pem", server.private_key, overwrite=True)
-        for caller in CALLERS:
+        for caller in CALLERS + self.extra_callers:
             issued = pki.issue_client_certificate(
                 ca, common_name=caller, spiffe_id=spiffe_id(caller)
             )
