@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from harness import ServiceHarness
 
 ROOT = Path(__file__).resolve().parent.parent

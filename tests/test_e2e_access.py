@@ -22,6 +22,8 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from harness import TEST_POLICY, ServiceHarness, spiffe_id
+from processes import ROOT, ServerProcess
 from tokenvault.v1 import caller_admin_pb2 as pb
 from tokenvault.v1 import caller_admin_pb2_grpc as pb_grpc
 from tokenvault_client import (
@@ -33,8 +35,6 @@ from tokenvault_client import (
     TokenvaultClient,
 )
 
-from harness import TEST_POLICY, ServiceHarness, spiffe_id
-from processes import ROOT, ServerProcess
 from vault.audit.signing import generate_keypair
 from vault.store.db import ensure_database
 from vault.store.embedded import EmbeddedPostgres
