@@ -228,3 +228,78 @@ def test_keys_init_local_creates_private_file(tmp_path: Path) -> None:
     assert kek.stat().st_mode & 0o777 == 0o600
     assert again.returncode == 2
     assert "never overwritten" in again.stderr
+
+
+def _admin_flags(service: ServiceHarness, caller: str = "custodian") -> list[str]:
+    return _connection_flags(service, caller)
+
+
+def test_keys_cli_rotates_and_reencrypts(service: ServiceHarness) -> None:
+    tokenized = tokenvault(
+        "tokenize",
+        *_connection_flags(service, "gateway"),
+        "--template",
+        "email",
+        "a@example.com",
+        "b@example.com",
+    )
+    assert tokenized.returncode == 0, tokenized.stderr
+    tokens = [json.loads(line)["token"] for line in tokenized.stdout.splitlines()]
+
+    rotated = tokenvault("keys", "rotate", *_admin_flags(service), "--template", "email", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    reencrypted = tokenvault(
+        "keys", "reencrypt", *_admin_flags(service), "--template", "email", "--wait", "--json"
+    )
+    assert reencrypted.returncode == 0, reencrypted.stderr
+    listing = tokenvault("keys", "list", *_admin_flags(service), "--template", "email", "--json")
+    assert listing.returncode == 0, listing.stderr
+    versions = json.loads(listing.stdout)
+    assert "aead" in listing.stdout and "decrypt_only" in listing.stdout, versions
+
+    revealed = tokenvault(
+        "detokenize",
+        *_connection_flags(service, "backoffice"),
+        "--template",
+        "email",
+        "--reveal",
+        "full",
+        *tokens,
+    )
+    assert [json.loads(line)["value"] for line in revealed.stdout.splitlines()] == [
+        "a@example.com",
+        "b@example.com",
+    ]
+
+
+def test_keys_cli_destroy_needs_second_custodian(service: ServiceHarness) -> None:
+    assert tokenvault("keys", "rotate", *_admin_flags(service), "--template", "pan").returncode == 0
+    proposed = tokenvault(
+        "keys",
+        "destroy",
+        *_admin_flags(service),
+        "--template",
+        "pan",
+        "--purpose",
+        "index",
+        "--version",
+        "1",
+        "--force",
+        "--json",
+    )
+    assert proposed.returncode == 0, proposed.stderr
+    request_id = str(json.loads(proposed.stdout)["request_id"])
+
+    same = tokenvault("keys", "approve", *_admin_flags(service), request_id)
+    other = tokenvault("keys", "approve", *_admin_flags(service, "custodian2"), request_id)
+
+    assert same.returncode == 2
+    assert "FAILED_PRECONDITION" in same.stderr or "approve" in same.stderr
+    assert other.returncode == 0, other.stderr
+
+
+def test_keys_cli_requires_admin_scope(service: ServiceHarness) -> None:
+    result = tokenvault("keys", "list", *_admin_flags(service, "gateway"))
+
+    assert result.returncode == 2
+    assert "admin:keys" in result.stderr

@@ -19,6 +19,8 @@ DEMO_CALLERS = {
     "backoffice": "detokenize every template, full or masked",
     "support": "detokenize every template, masked only",
     "custodian": "administer keys",
+    "custodian2": "administer keys (the second person that destroying a key needs)",
+    "security": "revoke callers, lift suspensions, reload the policy",
 }
 
 
@@ -57,6 +59,14 @@ class StatePaths:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def audit_signing_key(self) -> Path:
+        return self.root / "audit-signing.key"
+
+    @property
+    def audit_verify_key(self) -> Path:
+        return self.root / "audit-signing.pub"
 
     @property
     def endpoint(self) -> Path:

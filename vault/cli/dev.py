@@ -18,9 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from keys.local import LocalKekProvider
 from vault import pki
+from vault.audit.signing import generate_keypair
 from vault.devstate import DEMO_CALLERS, StatePaths, default_state_dir
 from vault.server import RunningServer, start_server
-from vault.settings import KekSettings, Settings, TlsSettings
+from vault.settings import AuditSettings, KekSettings, Settings, TlsSettings
 from vault.store.db import ensure_database
 from vault.store.embedded import EmbeddedPostgres
 
@@ -47,6 +48,14 @@ scopes = ["detokenize.masked:*"]
 [[callers]]
 identity = "spiffe://tokenvault.dev/custodian"
 scopes = ["admin:keys"]
+
+[[callers]]
+identity = "spiffe://tokenvault.dev/custodian2"
+scopes = ["admin:keys"]
+
+[[callers]]
+identity = "spiffe://tokenvault.dev/security"
+scopes = ["admin:callers"]
 """
 
 
@@ -100,8 +109,13 @@ def prepare_state(paths: StatePaths) -> None:
     if not paths.ca_cert.exists():
         _create_certificates(paths)
     LocalKekProvider.load_or_create(paths.kek).close()
+    if not paths.audit_signing_key.exists():
+        generate_keypair(paths.audit_signing_key, paths.audit_verify_key)
     if not paths.policy.exists():
         paths.policy.write_text(DEV_POLICY)
+    missing = [caller for caller in DEMO_CALLERS if not paths.client_cert(caller).exists()]
+    if missing:
+        _issue_client_certificates(paths, missing)
 
 
 def _create_certificates(paths: StatePaths) -> None:
@@ -114,8 +128,15 @@ def _create_certificates(paths: StatePaths) -> None:
     pki.write_private_key(paths.server_key, server.private_key, overwrite=True)
     pki.write_certificate(paths.server_cert, server.certificate, overwrite=True)
 
+    _issue_client_certificates(paths, list(DEMO_CALLERS), ca)
+
+
+def _issue_client_certificates(
+    paths: StatePaths, callers: list[str], ca: pki.CertificateAuthority | None = None
+) -> None:
+    ca = ca or pki.load_ca(paths.ca_cert, paths.ca_key)
     paths.client_cert("gateway").parent.mkdir(exist_ok=True, mode=0o700)
-    for caller in DEMO_CALLERS:
+    for caller in callers:
         issued = pki.issue_client_certificate(
             ca, common_name=caller, spiffe_id=StatePaths.spiffe_id(caller)
         )
@@ -132,6 +153,7 @@ def dev_settings(paths: StatePaths, dsn: str, listen: str) -> Settings:
         dsn=dsn,
         kek=KekSettings(provider="local", file=paths.kek),
         policy_file=paths.policy,
+        audit=AuditSettings(signing_key_file=paths.audit_signing_key, checkpoint_seconds=10),
         shutdown_grace_seconds=2.0,
     )
 
@@ -197,6 +219,9 @@ Try it from another terminal (after `. .venv/bin/activate`):
   tokenvault tokenize{state} --template iban "GB82 WEST 1234 5698 7654 32"
   tokenvault detokenize{state} --template pan --reveal full TOKEN
   tokenvault detokenize{state} --as support --template pan --reveal masked TOKEN
+  tokenvault keys list{state}
+  tokenvault audit verify --public-key {paths.audit_verify_key} --dsn-env TOKENVAULT_DSN
+    (with TOKENVAULT_DSN set to the database URL above, with its password)
 
 Demo callers (certificates in {paths.root / "clients"}):"""
     )
