@@ -23,7 +23,7 @@ from vault.settings import KekSettings, Settings, TlsSettings
 from vault.store.db import ensure_database
 from vault.store.embedded import EmbeddedPostgres
 
-CALLERS = ("gateway", "backoffice", "support", "nobody", "custodian", "custodian2")
+CALLERS = ("gateway", "backoffice", "support", "nobody", "custodian", "custodian2", "security")
 
 TEST_POLICY = """
 [[callers]]
@@ -45,6 +45,10 @@ scopes = ["admin:keys"]
 [[callers]]
 identity = "spiffe://tokenvault.test/custodian2"
 scopes = ["admin:keys"]
+
+[[callers]]
+identity = "spiffe://tokenvault.test/security"
+scopes = ["admin:callers"]
 """
 
 

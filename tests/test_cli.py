@@ -303,3 +303,33 @@ def test_keys_cli_requires_admin_scope(service: ServiceHarness) -> None:
 
     assert result.returncode == 2
     assert "admin:keys" in result.stderr
+
+
+def test_callers_cli_revokes_and_restores(service: ServiceHarness) -> None:
+    security = _connection_flags(service, "custodian2")
+    refused = tokenvault("callers", "revocations", *security)
+    assert refused.returncode == 2
+    assert "admin:callers" in refused.stderr
+
+
+def test_callers_cli_revoke_cuts_caller_off(service: ServiceHarness) -> None:
+    security = _connection_flags(service, "security")
+    identity = "spiffe://tokenvault.test/support"
+    revoked = tokenvault("callers", "revoke", *security, "--identity", identity, "--reason", "test")
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["identity"] == identity
+
+    denied = tokenvault(
+        "detokenize",
+        *_connection_flags(service, "support"),
+        "--template",
+        "pan",
+        "--reveal",
+        "masked",
+        "4111110000001111",
+    )
+    restored = tokenvault("callers", "restore", *security, "--identity", identity)
+
+    assert denied.returncode == 2
+    assert "revoked" in denied.stderr
+    assert restored.returncode == 0, restored.stderr

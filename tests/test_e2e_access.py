@@ -62,10 +62,6 @@ POLICY = (
     TEST_POLICY
     + f"""
 [[callers]]
-identity = "{spiffe_id("security")}"
-scopes = ["admin:callers"]
-
-[[callers]]
 identity = "{spiffe_id("bulk")}"
 scopes = ["tokenize:*", "detokenize:*"]
 rate_limits = {{ tokenize = {{ rate = 0.5, burst = 20 }} }}
@@ -99,7 +95,7 @@ def replicas(
     pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServiceHarness, ServerProcess, ServerProcess]]:
     harness = ServiceHarness(pg_server, tmp_path_factory.mktemp("access"), policy=POLICY)
-    harness.extra_callers = ("security", "bulk", "nightly")
+    harness.extra_callers = ("bulk", "nightly")
     harness.write_files()
     generate_keypair(harness.folder / "audit-signing.key", harness.folder / "audit-signing.pub")
     asyncio.run(ensure_database(pg_server.dsn(), harness.database))

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     from vault.audit import cli as audit_cli
-    from vault.cli import client_commands, dev, keys, serve
+    from vault.cli import callers, client_commands, dev, keys, serve
 
     parser = argparse.ArgumentParser(
         prog="tokenvault",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(subparsers)
     keys.add_parser(subparsers)
     audit_cli.add_parser(subparsers)
+    callers.add_parser(subparsers)
     client_commands.add_tokenize_parser(subparsers)
     client_commands.add_detokenize_parser(subparsers)
     return parser
