@@ -30,7 +30,7 @@ class Caller:
 
 @dataclass(frozen=True)
 class CallInfo:
-    """Who made one RPC and how to correlate it: the audit trail records all of it."""
+    """The caller of one RPC and the ids that correlate it, all recorded in the audit trail."""
 
     caller: Caller
     request_id: str
@@ -47,8 +47,8 @@ def identity_from_certificate(certificate: x509.Certificate) -> Caller:
     if not _PRINTABLE_IDENTITY.fullmatch(identity):
         raise Unauthenticated("client certificate identity contains spaces or control characters")
     if spiffe_id is None and "://" in identity:
-        # Only a URI SAN may carry a SPIFFE ID; a CN or DNS name that looks like one would let
-        # whoever chooses a certificate's CN claim another caller's identity.
+        # Only a URI SAN may carry a SPIFFE ID. A CN or DNS name that looks like one would let
+        # anyone who can choose a certificate's CN claim another caller's identity.
         raise Unauthenticated("client certificate names a URI outside a URI SAN")
     der = certificate.public_bytes(serialization.Encoding.DER)
     return Caller(

@@ -231,8 +231,8 @@ class TokenizationService:
     ) -> None:
         """Mark items with unknown templates or missing scopes.
 
-        Raises when every item fails for the same reason and ``raise_when_all_fail`` is set;
-        detokenize clears it so it can audit denied items before failing the call.
+        Raises when every item fails for the same reason and ``raise_when_all_fail`` is set.
+        The batch calls clear it, so they can audit the refused items before failing the call.
         """
         for position, name in enumerate(names):
             if name not in self.templates:
@@ -255,7 +255,7 @@ class TokenizationService:
             raise errors[0]  # type: ignore[misc]
 
     async def _check_anomaly(self, call: CallInfo, items: int, purpose: str, masked: bool) -> None:
-        """Refuse, and suspend the caller, when its anomaly rule says so; before any reveal."""
+        """Reject the call and suspend the caller when its anomaly rule requires it, before any reveal."""
         rules = self._policy().caller(call.caller.identity)
         if self._anomaly is None or rules is None or rules.anomaly is None or items == 0:
             return
@@ -319,7 +319,7 @@ class TokenizationService:
             await self._audit.record(events, durable=True)
         except AuditUnavailable:
             logger.error(
-                "audit write failed; detokenize refused",
+                "audit write failed, so no value was revealed",
                 extra={"request_id": call.request_id, "caller": call.caller.identity},
             )
             raise

@@ -226,15 +226,15 @@ class VaultedTokenizer:
         """Draw a token for each pending item and insert; return the items still pending."""
         rows: list[NewToken] = []
         drawn: dict[int, tuple[str, str]] = {}
-        taken: set[tuple[str, str]] = set()
+        drawn_this_round: set[tuple[str, str]] = set()
         for position in pending:
             job = jobs[position]
             draw = _draw(job.template, job.split)
             # Two items drawing the same token in one round would both see it stored, so the
             # second waits for the next round.
-            if draw is None or (job.template.name, draw[1]) in taken:
+            if draw is None or (job.template.name, draw[1]) in drawn_this_round:
                 continue
-            taken.add((job.template.name, draw[1]))
+            drawn_this_round.add((job.template.name, draw[1]))
             drawn[position] = draw
             rows.append(await self._sealed_row(job, draw[1], indexes.get(position)))
 

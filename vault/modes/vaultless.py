@@ -3,7 +3,7 @@
 The tweak binds the template name, the kept characters and the body's radices, so the same
 digits under another BIN, country or template give an unrelated token. Detokenizing recomputes
 the value, which means any well-formed token decrypts to some value: only vaulted mode can
-answer NOT_FOUND.
+return NOT_FOUND.
 
 Key versions: a template whose tokens carry a version (``Template.max_key_versions`` > 1, such
 as PAN tokens that fail the Luhn check) tokenizes with its active FF1 key and writes that
@@ -63,7 +63,7 @@ class VaultlessTokenizer:
             else:
                 prepared.append((position, outcome))
 
-        # FF1 is CPU work; a thread keeps the event loop answering other calls meanwhile.
+        # FF1 is CPU work, so it runs in a thread and the event loop keeps serving other calls.
         outputs = await asyncio.to_thread(_run, [job for _, job in prepared], target)
         for (position, _), output in zip(prepared, outputs, strict=True):
             results[position] = output
