@@ -255,7 +255,7 @@ class TokenizationService:
             raise errors[0]  # type: ignore[misc]
 
     async def _check_anomaly(self, call: CallInfo, items: int, purpose: str, masked: bool) -> None:
-        """Reject the call and suspend the caller when its anomaly rule requires it, before any reveal."""
+        """Reject the call and suspend the caller if its anomaly rule requires; before any reveal."""
         rules = self._policy().caller(call.caller.identity)
         if self._anomaly is None or rules is None or rules.anomaly is None or items == 0:
             return
