@@ -15,8 +15,7 @@ from tokenvault.v1 import key_admin_pb2_grpc as pb_grpc
 from keys.lifecycle import DestroyRequest, KeyEvent, KeyVersionInfo
 from keys.reencrypt import JobStatus
 from vault.admin import KeyAdministration
-from vault.errors import PermissionDenied
-from vault.guard import CallGuard
+from vault.guard import CallGuard, run_admin_call
 from vault.identity import Caller
 from vault.policy import Policy
 
@@ -188,14 +187,7 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         method: str,
         run: Callable[[Caller], Awaitable[Response]],
     ) -> Response:
-        async with self._guard.call(
-            context, "KeyAdmin", method, operation="admin", audit_every_call=True
-        ) as call:
-            if not self._policy().allows(call.caller.identity, ADMIN_SCOPE):
-                raise PermissionDenied(ADMIN_SCOPE)
-            response = await run(call.caller)
-            call.rpc.set_outcome(grpc.StatusCode.OK)
-        return response
+        return await run_admin_call(self._guard, context, "KeyAdmin", method, ADMIN_SCOPE, run)
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:

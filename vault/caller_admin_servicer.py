@@ -14,8 +14,7 @@ from tokenvault.v1 import caller_admin_pb2_grpc as pb_grpc
 from vault.access.revocation import Revocation
 from vault.access.suspension import Suspension
 from vault.caller_admin import CallerAdministration
-from vault.errors import PermissionDenied
-from vault.guard import CallGuard
+from vault.guard import CallGuard, run_admin_call
 from vault.identity import Caller
 from vault.policy import Policy
 
@@ -118,16 +117,7 @@ class CallerAdminServicer(pb_grpc.CallerAdminServicer):
         method: str,
         run: Callable[[Caller], Awaitable[Response]],
     ) -> Response:
-        # The guard runs the access gate first, so a revoked or suspended administrator cannot
-        # restore itself, and it audits every call with its outcome.
-        async with self._guard.call(
-            context, "CallerAdmin", method, operation="admin", audit_every_call=True
-        ) as call:
-            if not self._policy().allows(call.caller.identity, ADMIN_SCOPE):
-                raise PermissionDenied(ADMIN_SCOPE)
-            response = await run(call.caller)
-            call.rpc.set_outcome(grpc.StatusCode.OK)
-        return response
+        return await run_admin_call(self._guard, context, "CallerAdmin", method, ADMIN_SCOPE, run)
 
 
 def _subject(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -22,13 +23,15 @@ from vault.abuse import ConcurrencyLimiter, RateLimited, RateLimiter
 from vault.access.gate import AccessGate
 from vault.audit.trail import AuditTrail, AuditUnavailable
 from vault.call_audit import call_event
-from vault.errors import TokenvaultError, Unauthenticated
+from vault.errors import PermissionDenied, TokenvaultError, Unauthenticated
 from vault.identity import Caller, CallInfo, identity_from_auth_context
 from vault.policy import Policy
 from vault.status import status_for
 from vault.telemetry import RpcScope, Telemetry, current_trace_id, rpc_span
 
 logger = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
 
 REQUEST_ID_HEADER = "x-request-id"
 RETRY_AFTER_HEADER = "retry-after"
@@ -149,6 +152,30 @@ class CallGuard:
                 "call not audited: audit queue unavailable",
                 extra={"request_id": info.request_id, "caller": info.caller.identity},
             )
+
+
+async def run_admin_call(
+    guard: CallGuard,
+    context: grpc.aio.ServicerContext,
+    service: str,
+    method: str,
+    scope: str,
+    run: Callable[[Caller], Awaitable[Response]],
+) -> Response:
+    """Run one administration call: the guard's checks, ``scope``, and an audit event whatever
+    the outcome.
+
+    The access gate runs first, so a revoked or suspended administrator cannot act at all, not
+    even to restore itself.
+    """
+    async with guard.call(
+        context, service, method, operation="admin", audit_every_call=True
+    ) as call:
+        if not guard.policy().allows(call.caller.identity, scope):
+            raise PermissionDenied(scope)
+        response = await run(call.caller)
+        call.rpc.set_outcome(grpc.StatusCode.OK)
+    return response
 
 
 def _caller(context: grpc.aio.ServicerContext) -> Caller:

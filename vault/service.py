@@ -180,7 +180,7 @@ class TokenizationService:
             jobs = vaultless_jobs if template.mode is Mode.VAULTLESS else vaulted_jobs
             jobs.append((position, template, split))
 
-        await self._check_anomaly(call, len(vaultless_jobs) + len(vaulted_jobs), purpose, masked)
+        await self._check_anomaly(call, len(vaultless_jobs) + len(vaulted_jobs))
         if vaultless_jobs:
             outputs = await self._vaultless.detokenize([(t, s) for _, t, s in vaultless_jobs])
             for (position, _, _), output in zip(vaultless_jobs, outputs, strict=True):
@@ -254,8 +254,8 @@ class TokenizationService:
         if all(isinstance(error, PermissionDenied) for error in errors):
             raise errors[0]  # type: ignore[misc]
 
-    async def _check_anomaly(self, call: CallInfo, items: int, purpose: str, masked: bool) -> None:
-        """Reject the call and suspend the caller if its anomaly rule requires; before any reveal."""
+    async def _check_anomaly(self, call: CallInfo, items: int) -> None:
+        """Reject the call and suspend the caller if its anomaly rule requires it."""
         rules = self._policy().caller(call.caller.identity)
         if self._anomaly is None or rules is None or rules.anomaly is None or items == 0:
             return
