@@ -22,7 +22,7 @@ import enum
 import json
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -104,9 +104,17 @@ class DataKeyManager:
     - ``KekNotFound``, ``UnwrapError`` and ``KekUnavailable`` from the provider, unchanged.
     """
 
-    def __init__(self, pool: asyncpg.Pool, provider: KekProvider) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        provider: KekProvider,
+        *,
+        on_lookup: Callable[[bool], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._provider = provider
+        # Called with True for a cache hit and False for a miss, for the key-cache metric.
+        self._on_lookup = on_lookup or (lambda hit: None)
         self._keys: dict[tuple[str, Purpose, int], DataKey] = {}
         self._active_versions: dict[tuple[str, Purpose], int] = {}
         self._usable_versions: dict[tuple[str, Purpose], tuple[int, ...]] = {}
@@ -146,6 +154,7 @@ class DataKeyManager:
     async def active(self, template: str, purpose: Purpose) -> DataKey:
         """Return the active version of a template's key for ``purpose``."""
         cached = self._cached_active(template, purpose)
+        self._on_lookup(cached is not None)
         if cached is not None:
             return cached
 
@@ -207,6 +216,7 @@ class DataKeyManager:
         """
         cache_key = (template, purpose, version)
         cached = self._keys.get(cache_key)
+        self._on_lookup(cached is not None)
         if cached is not None:
             return cached
 

@@ -372,6 +372,13 @@ def test_no_plaintext_anywhere_and_audit_verifies(replicas, tmp_path: Path) -> N
     # The search covers real telemetry: spans and metrics were exported to the output.
     assert "tokenvault.v1.Tokenization/Detokenize" in first.output()
     assert "tokenvault.rpc.duration" in first.output()
+    for name in (
+        "db.tokens.insert",
+        "kek.unwrap",
+        "tokenvault.key_cache.requests",
+        "tokenvault.audit.events",
+    ):
+        assert name in first.output(), name
     for value in PANS + IBANS:
         assert value not in everything, "a test value appears outside the ciphertext"
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from itertools import groupby
+from typing import Protocol
 
 from vault.audit.events import AuditEvent, split_by_digests, token_digest
+from vault.audit.trail import AuditTrail
 from vault.identity import CallInfo
+from vault.telemetry import Telemetry
 
 
 def _event(call: CallInfo, **fields: object) -> AuditEvent:
@@ -93,3 +96,23 @@ def _outcome_for_status(status: str) -> str:
 def safe_template(name: str, known: Mapping[str, object]) -> str:
     """Return ``name`` if it is a configured template, else a placeholder (it is caller text)."""
     return name if name in known else "(unknown)"
+
+
+class AuditRecorder(Protocol):
+    """What the service and the guard need from the audit trail."""
+
+    async def record(self, events: Sequence[AuditEvent], *, durable: bool) -> None: ...
+
+
+class CountedAuditTrail:
+    """An AuditTrail that also counts the events it stores, by outcome, in the metrics."""
+
+    def __init__(self, trail: AuditTrail, telemetry: Telemetry | None) -> None:
+        self._trail = trail
+        self._telemetry = telemetry
+
+    async def record(self, events: Sequence[AuditEvent], *, durable: bool) -> None:
+        await self._trail.record(events, durable=durable)
+        if self._telemetry is not None:
+            for outcome, group in groupby(sorted(event.outcome for event in events)):
+                self._telemetry.record_audit(outcome, len(list(group)))

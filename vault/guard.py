@@ -21,8 +21,8 @@ import grpc
 
 from vault.abuse import ConcurrencyLimiter, RateLimited, RateLimiter
 from vault.access.gate import AccessGate
-from vault.audit.trail import AuditTrail, AuditUnavailable
-from vault.call_audit import call_event
+from vault.audit.trail import AuditUnavailable
+from vault.call_audit import AuditRecorder, call_event
 from vault.errors import PermissionDenied, TokenvaultError, Unauthenticated
 from vault.identity import Caller, CallInfo, identity_from_auth_context
 from vault.policy import Policy
@@ -61,7 +61,7 @@ class CallGuard:
     gate: AccessGate | None = None
     rate_limiter: RateLimiter | None = None
     concurrency: ConcurrencyLimiter | None = None
-    audit: AuditTrail | None = None
+    audit: AuditRecorder | None = None
 
     @asynccontextmanager
     async def call(

@@ -38,6 +38,7 @@ from vault.admin import KeyAdministration
 from vault.admin_servicer import KeyAdminServicer
 from vault.audit.signing import load_signing_key
 from vault.audit.trail import AuditTrail
+from vault.call_audit import CountedAuditTrail
 from vault.caller_admin import CallerAdministration
 from vault.caller_admin_servicer import CallerAdminServicer
 from vault.errors import ConfigError
@@ -158,7 +159,7 @@ async def start_server(settings: Settings) -> RunningServer:
         )
         stack.push_async_callback(pool.close)
         version = await migrate(pool)
-        keys = DataKeyManager(pool, provider)
+        keys = DataKeyManager(pool, provider, on_lookup=telemetry.record_key_cache)
         await keys.ensure(templates)
         logger.info(
             "database ready", extra={"schema_version": version, "templates": len(templates)}
@@ -207,20 +208,21 @@ async def _serve(
 
     policy = policy_store.current
     vaultless = VaultlessTokenizer(keys)
+    counted_audit = CountedAuditTrail(audit, telemetry)
     guard = CallGuard(
         policy=policy,
         telemetry=telemetry,
         gate=AccessGate(policy_store, revocations, suspensions),
         rate_limiter=RateLimiter(pool),
         concurrency=ConcurrencyLimiter(),
-        audit=audit,
+        audit=counted_audit,
     )
     service = TokenizationService(
         templates=templates,
         policy=policy,
         vaultless=vaultless,
-        vaulted=VaultedTokenizer(keys, TokenStore(pool)),
-        audit=audit,
+        vaulted=VaultedTokenizer(keys, TokenStore(pool, telemetry)),
+        audit=counted_audit,
         anomaly=AnomalyDetector(pool, _suspender(suspensions)),
         max_batch_items=settings.max_batch_items,
     )

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vault.abuse import AnomalyDetector, CallerSuspended
-from vault.audit.trail import AuditTrail, AuditUnavailable
-from vault.call_audit import call_event, item_events, safe_template
+from vault.audit.trail import AuditUnavailable
+from vault.call_audit import AuditRecorder, call_event, item_events, safe_template
 from vault.errors import (
     InvalidValue,
     NotFound,
@@ -74,7 +74,7 @@ class TokenizationService:
         policy: Callable[[], Policy],
         vaultless: VaultlessTokenizer,
         vaulted: VaultedTokenizer,
-        audit: AuditTrail,
+        audit: AuditRecorder,
         anomaly: AnomalyDetector | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:

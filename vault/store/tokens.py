@@ -14,6 +14,8 @@ from datetime import datetime
 
 import asyncpg
 
+from vault.telemetry import Telemetry, db_span
+
 
 @dataclass(frozen=True, repr=False)
 class NewToken:
@@ -47,8 +49,9 @@ _LIVE = "(t.expires_at IS NULL OR t.expires_at > now())"
 
 
 class TokenStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, telemetry: Telemetry | None = None) -> None:
         self._pool = pool
+        self._telemetry = telemetry
 
     async def find_by_index(
         self, keys: Sequence[tuple[str, bytes]]
@@ -56,7 +59,12 @@ class TokenStore:
         """Return the live token for each (template, value index) that has one."""
         if not keys:
             return {}
-        rows = await self._pool.fetch(
+        with db_span(self._telemetry, "db.tokens.find_by_index", "SELECT"):
+            rows = await self._find_by_index(keys)
+        return {(row["template"], bytes(row["value_index"])): row["token"] for row in rows}
+
+    async def _find_by_index(self, keys: Sequence[tuple[str, bytes]]) -> list[asyncpg.Record]:
+        return await self._pool.fetch(
             f"""
             SELECT t.template, t.value_index, t.token
             FROM tv_tokens t
@@ -67,7 +75,6 @@ class TokenStore:
             [template for template, _ in keys],
             [index for _, index in keys],
         )
-        return {(row["template"], bytes(row["value_index"])): row["token"] for row in rows}
 
     async def insert(self, rows: Sequence[NewToken]) -> set[tuple[str, str]]:
         """Insert rows that collide with nothing; return the (template, token) pairs stored.
@@ -79,6 +86,12 @@ class TokenStore:
         if not rows:
             return set()
         indexed = [row for row in rows if row.value_index is not None]
+        with db_span(self._telemetry, "db.tokens.insert", "INSERT", **{"db.rows": len(rows)}):
+            return await self._insert(rows, indexed)
+
+    async def _insert(
+        self, rows: Sequence[NewToken], indexed: Sequence[NewToken]
+    ) -> set[tuple[str, str]]:
         async with self._pool.acquire() as connection, connection.transaction():
             if indexed:
                 await connection.execute(
@@ -119,17 +132,8 @@ class TokenStore:
         """Return the live row for each (template, token) that has one."""
         if not keys:
             return {}
-        rows = await self._pool.fetch(
-            f"""
-            SELECT t.template, t.token, t.ciphertext, t.key_version, t.metadata, t.expires_at
-            FROM tv_tokens t
-            JOIN unnest($1::text[], $2::text[]) AS k(template, token)
-              ON t.template = k.template AND t.token = k.token
-            WHERE {_LIVE}
-            """,  # noqa: S608 - _LIVE is a constant
-            [template for template, _ in keys],
-            [token for _, token in keys],
-        )
+        with db_span(self._telemetry, "db.tokens.fetch", "SELECT"):
+            rows = await self._fetch(keys)
         return {
             (row["template"], row["token"]): StoredToken(
                 template=row["template"],
@@ -141,6 +145,19 @@ class TokenStore:
             )
             for row in rows
         }
+
+    async def _fetch(self, keys: Sequence[tuple[str, str]]) -> list[asyncpg.Record]:
+        return await self._pool.fetch(
+            f"""
+            SELECT t.template, t.token, t.ciphertext, t.key_version, t.metadata, t.expires_at
+            FROM tv_tokens t
+            JOIN unnest($1::text[], $2::text[]) AS k(template, token)
+              ON t.template = k.template AND t.token = k.token
+            WHERE {_LIVE}
+            """,  # noqa: S608 - _LIVE is a constant
+            [template for template, _ in keys],
+            [token for _, token in keys],
+        )
 
     async def purge_expired(self, *, limit: int = 10_000) -> int:
         """Delete up to ``limit`` expired rows; return how many were deleted."""
