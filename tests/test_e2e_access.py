@@ -72,6 +72,10 @@ identity = "{spiffe_id("nightly")}"
 scopes = ["detokenize:*"]
 anomaly = {{ allowed_hours = "{_closed_hours()}", timezone = "UTC" }}
 
+[[callers]]
+identity = "{spiffe_id("auditor")}"
+scopes = ["audit:read"]
+
 [templates.ssn]
 purpose_required = true
 """
@@ -95,7 +99,7 @@ def replicas(
     pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServiceHarness, ServerProcess, ServerProcess]]:
     harness = ServiceHarness(pg_server, tmp_path_factory.mktemp("access"), policy=POLICY)
-    harness.extra_callers = ("bulk", "nightly")
+    harness.extra_callers = ("bulk", "nightly", "auditor")
     harness.write_files()
     generate_keypair(harness.folder / "audit-signing.key", harness.folder / "audit-signing.pub")
     asyncio.run(ensure_database(pg_server.dsn(), harness.database))
@@ -410,3 +414,38 @@ def test_audit_verify_detects_an_edited_row(replicas, tmp_path: Path) -> None:  
 
     assert verified.returncode == 1
     assert f"seq {edited['seq']}" in verified.stdout + verified.stderr
+
+
+def test_auditor_pulls_trail_that_verifies(replicas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    harness, _, second = replicas
+    pulled = tmp_path / "pulled.jsonl"
+    flags = ["--target", second.endpoint, "--ca", str(harness.folder / "ca.pem")]
+    auditor = flags + [
+        "--cert",
+        str(harness.folder / "auditor.pem"),
+        "--key",
+        str(harness.folder / "auditor-key.pem"),
+    ]
+    gateway = flags + [
+        "--cert",
+        str(harness.folder / "gateway.pem"),
+        "--key",
+        str(harness.folder / "gateway-key.pem"),
+    ]
+
+    result = _audit_cli("pull", *auditor, "--output", str(pulled), dsn=harness.dsn)
+    refused = _audit_cli("pull", *gateway, dsn=harness.dsn)
+    verified = _audit_cli(
+        "verify",
+        "--public-key",
+        str(harness.folder / "audit-signing.pub"),
+        "--file",
+        str(pulled),
+        dsn=harness.dsn,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert len(pulled.read_text().splitlines()) > 10
+    assert refused.returncode == 2
+    assert "audit:read" in refused.stderr
+    assert verified.returncode == 0, verified.stdout + verified.stderr

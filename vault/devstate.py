@@ -21,6 +21,7 @@ DEMO_CALLERS = {
     "custodian": "administer keys",
     "custodian2": "administer keys (the second person that destroying a key needs)",
     "security": "revoke callers, lift suspensions, reload the policy",
+    "auditor": "read the audit trail",
 }
 
 

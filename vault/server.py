@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tokenvault.v1 import (
+    audit_log_pb2,
+    audit_log_pb2_grpc,
     caller_admin_pb2,
     caller_admin_pb2_grpc,
     key_admin_pb2,
@@ -38,6 +40,7 @@ from vault.admin import KeyAdministration
 from vault.admin_servicer import KeyAdminServicer
 from vault.audit.signing import load_signing_key
 from vault.audit.trail import AuditTrail
+from vault.audit_servicer import AuditLogServicer
 from vault.call_audit import CountedAuditTrail
 from vault.caller_admin import CallerAdministration
 from vault.caller_admin_servicer import CallerAdminServicer
@@ -60,6 +63,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = tokenization_pb2.DESCRIPTOR.services_by_name["Tokenization"].full_name
 ADMIN_SERVICE_NAME = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
 CALLER_ADMIN_SERVICE_NAME = caller_admin_pb2.DESCRIPTOR.services_by_name["CallerAdmin"].full_name
+AUDIT_SERVICE_NAME = audit_log_pb2.DESCRIPTOR.services_by_name["AuditLog"].full_name
 EXPIRED_TOKEN_SWEEP_SECONDS = 300
 ANOMALY_ACTOR = "anomaly-detector"
 
@@ -260,6 +264,7 @@ async def _serve(
     caller_admin_pb2_grpc.add_CallerAdminServicer_to_server(
         CallerAdminServicer(caller_admin, policy, guard), server
     )
+    audit_log_pb2_grpc.add_AuditLogServicer_to_server(AuditLogServicer(pool, guard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -267,6 +272,7 @@ async def _serve(
             SERVICE_NAME,
             ADMIN_SERVICE_NAME,
             CALLER_ADMIN_SERVICE_NAME,
+            AUDIT_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],

@@ -92,6 +92,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_range_arguments(verifier)
     verifier.set_defaults(func=run_verify)
 
+    # Imported here: the pull command needs the client library, the others only the database.
+    from vault.audit.pull import add_pull_parser
+
+    add_pull_parser(commands)
+
 
 def _add_database_arguments(
     parser: argparse.ArgumentParser, *, required: bool

@@ -56,6 +56,10 @@ scopes = ["admin:keys"]
 [[callers]]
 identity = "spiffe://tokenvault.dev/security"
 scopes = ["admin:callers"]
+
+[[callers]]
+identity = "spiffe://tokenvault.dev/auditor"
+scopes = ["audit:read"]
 """
 
 
@@ -220,8 +224,8 @@ Try it from another terminal (after `. .venv/bin/activate`):
   tokenvault detokenize{state} --template pan --reveal full TOKEN
   tokenvault detokenize{state} --as support --template pan --reveal masked TOKEN
   tokenvault keys list{state}
-  tokenvault audit verify --public-key {paths.audit_verify_key} --dsn-env TOKENVAULT_DSN
-    (with TOKENVAULT_DSN set to the database URL above, with its password)
+  tokenvault audit pull{state} --output audit.jsonl
+  tokenvault audit verify --public-key {paths.audit_verify_key} --file audit.jsonl
 
 Demo callers (certificates in {paths.root / "clients"}):"""
     )
