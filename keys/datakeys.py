@@ -341,8 +341,8 @@ class DataKeyManager:
             raise KeyDestroyed(f"data key {label} was destroyed")
         if row["state"] == "retired":
             raise KeyRetired(
-                f"data key {label} is retired; reinstate it to decrypt_only with "
-                "KeyLifecycle.set_state to use it again"
+                f"data key {label} is retired; reinstate it (tokenvault keys reinstate) to use it "
+                "again"
             )
         if row["kek_provider"] != self._provider.name:
             raise KekNotFound(

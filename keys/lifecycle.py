@@ -861,19 +861,19 @@ class KeyLifecycle:
             raise KeyInUse(
                 f"data key {label} is an FF1 key for vaultless tokens, which are not stored and "
                 f"so cannot be counted; every vaultless token issued under version {version} "
-                "becomes unrecoverable once it is destroyed. Propose with force if that is "
-                "intended; a second custodian must still approve"
+                "becomes unrecoverable once it is destroyed. Propose again with --force "
+                "(force=true) if that is intended; a second custodian must still approve"
             )
         if rows == 0:
             return
         if request_id is None:
             raise KeyInUse(
-                f"data key {label} still protects {rows} vaulted token rows; re-encrypt them "
-                "to the active version first, or propose with force, which makes them "
+                f"data key {label} still protects {_rows(rows)}; re-encrypt them "
+                "to the active version first, or propose with --force, which makes them "
                 "unrecoverable once a second custodian approves"
             )
         raise KeyInUse(
-            f"data key {label} now protects {rows} vaulted token rows, which appeared after "
+            f"data key {label} now protects {_rows(rows)}, which appeared after "
             f"destroy request {request_id} was proposed without force; cancel it and propose "
             "again with force if these rows may become unrecoverable (a second custodian must "
             "approve)"
@@ -1053,3 +1053,7 @@ class KeyChangeListener:
                 self._on_change(change)
             except Exception:
                 logger.exception("the on_change callback of the key change listener failed")
+
+
+def _rows(count: int) -> str:
+    return "1 vaulted token row" if count == 1 else f"{count} vaulted token rows"

@@ -859,7 +859,7 @@ class Reencryptor:
             if state == "retired":
                 raise _JobFailure(
                     f"data key {label} is retired, so the job cannot use it; reinstate it to"
-                    " decrypt_only with KeyLifecycle.set_state, then resume the job"
+                    " decrypt_only (tokenvault keys reinstate), then resume the job"
                 )
             if state == "destroyed":
                 raise _JobFailure(

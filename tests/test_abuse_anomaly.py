@@ -96,7 +96,8 @@ async def test_crossing_call_rejected(db_pool: asyncpg.Pool) -> None:
     assert "requested 6 items" in verdict.alert
     assert "already holds 95 items" in verdict.alert
     assert str(caught.value) == (
-        f"caller suspended: {VOLUME_REASON}; an administrator must reinstate this identity"
+        f"caller suspended: {VOLUME_REASON}; an administrator can lift the suspension"
+        " (tokenvault callers lift)"
     )
 
 

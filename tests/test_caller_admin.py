@@ -46,8 +46,9 @@ class Aborted(Exception):
 class FakeContext:
     """The parts of grpc.aio.ServicerContext the servicer uses, with a client certificate."""
 
-    def __init__(self, pem: bytes) -> None:
+    def __init__(self, pem: bytes, serial: int = 0) -> None:
         self._auth = {"x509_pem_cert": [pem]}
+        self.serial = serial
         self.trailing_metadata: Sequence[tuple[str, str]] = ()
 
     def auth_context(self) -> dict[str, list[bytes]]:
@@ -78,7 +79,8 @@ class Edge:
 def _context(identity: str) -> FakeContext:
     ca = create_ca("tokenvault test CA")
     issued = issue_client_certificate(ca, common_name="test client", spiffe_id=identity)
-    return FakeContext(issued.certificate.public_bytes(serialization.Encoding.PEM))
+    pem = issued.certificate.public_bytes(serialization.Encoding.PEM)
+    return FakeContext(pem, issued.certificate.serial_number)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -91,7 +93,7 @@ async def edge(db_pool: asyncpg.Pool, database_dsn: str, tmp_path: Path) -> Asyn
     await revocations.start()
     await suspensions.start()
     admin = CallerAdministration(
-        policy_store=store, revocations=revocations, suspensions=suspensions
+        policy_store=store, revocations=revocations, suspensions=suspensions, pool=db_pool
     )
     guard = CallGuard(policy=store.current, gate=AccessGate(store, revocations, suspensions))
     yield Edge(
@@ -133,16 +135,28 @@ async def test_revoke_list_restore_by_serial(edge: Edge) -> None:
     assert list(after.revocations) == []
 
 
+async def test_admin_cannot_revoke_itself(edge: Edge) -> None:
+    with pytest.raises(Aborted) as caught:
+        await edge.servicer.RevokeCaller(
+            pb.RevokeCallerRequest(identity=ADMIN, reason="stolen key"), edge.admin
+        )
+
+    assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "own identity" in caught.value.message
+
+
 async def test_revoked_admin_cannot_restore_itself(edge: Edge) -> None:
+    # Revoked by its certificate serial, which the self-revocation check does not cover.
+    serial = format(edge.admin.serial, "x")
     await edge.servicer.RevokeCaller(
-        pb.RevokeCallerRequest(identity=ADMIN, reason="stolen key"), edge.admin
+        pb.RevokeCallerRequest(serial=serial, reason="stolen key"), edge.admin
     )
 
     with pytest.raises(Aborted) as caught:
-        await edge.servicer.RestoreCaller(pb.RestoreCallerRequest(identity=ADMIN), edge.admin)
+        await edge.servicer.RestoreCaller(pb.RestoreCallerRequest(serial=serial), edge.admin)
 
     assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED
-    assert caught.value.message == "caller identity is revoked"
+    assert caught.value.message == "client certificate serial is revoked"
 
 
 async def test_call_without_scope_denied(edge: Edge) -> None:

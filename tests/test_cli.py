@@ -333,3 +333,23 @@ def test_callers_cli_revoke_cuts_caller_off(service: ServiceHarness) -> None:
     assert denied.returncode == 2
     assert "revoked" in denied.stderr
     assert restored.returncode == 0, restored.stderr
+
+
+def test_tokenize_output_pipes_into_detokenize(service: ServiceHarness) -> None:
+    tokenized = tokenvault(
+        "tokenize", *_connection_flags(service, "gateway"), "--template", "pan", "4111111111111111"
+    )
+    revealed = tokenvault(
+        "detokenize",
+        *_connection_flags(service, "backoffice"),
+        "--template",
+        "pan",
+        "--reveal",
+        "full",
+        "--file",
+        "-",
+        stdin=tokenized.stdout,
+    )
+
+    assert revealed.returncode == 0, revealed.stderr
+    assert json.loads(revealed.stdout)["value"] == "4111111111111111"

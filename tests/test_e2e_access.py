@@ -225,6 +225,9 @@ def test_detokenize_volume_suspends_until_lifted(replicas) -> None:  # type: ign
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert outcome[0].ok
+        # Lifting also resets the window, so the next reveal is not suspended again at once.
+        again = bulk.detokenize([DetokenizeItem("pan_fpe", tokens[0])], reveal=Reveal.FULL)
+        assert again[0].value == PANS[0]
 
     rows = _fetch(harness.dsn, "SELECT operation FROM tv_audit_log WHERE operation LIKE 'alert.%'")
     assert [row["operation"] for row in rows] == ["alert.caller_suspended"]

@@ -447,7 +447,7 @@ async def test_propose_with_rows_needs_force(
     await _insert_token(db_pool, "4111", key_version=1)
     await lifecycle.rotate("cards", Purpose.AEAD, actor=ALICE)
 
-    with pytest.raises(KeyInUse, match=r"protects 1 vaulted token rows.*force.*second custodian"):
+    with pytest.raises(KeyInUse, match=r"protects 1 vaulted token row;.*--force.*second custodian"):
         await lifecycle.propose_destroy("cards", Purpose.AEAD, 1, actor=ALICE)
     request = await lifecycle.propose_destroy("cards", Purpose.AEAD, 1, actor=ALICE, force=True)
     approved = await lifecycle.approve_destroy(request.id, actor=BOB)
@@ -465,7 +465,7 @@ async def test_rows_appear_after_proposal(db_pool: asyncpg.Pool, lifecycle: KeyL
     request = await lifecycle.propose_destroy("cards", Purpose.AEAD, 1, actor=ALICE)
     await _insert_token(db_pool, "4111", key_version=1)
 
-    with pytest.raises(KeyInUse, match="now protects 1 vaulted token rows"):
+    with pytest.raises(KeyInUse, match="now protects 1 vaulted token row,"):
         await lifecycle.approve_destroy(request.id, actor=BOB)
 
     assert [r.status for r in await lifecycle.destroy_requests()] == ["pending"]

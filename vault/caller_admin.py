@@ -10,17 +10,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import asyncpg
+
 from vault.access.policy_store import PolicyStatus, PolicyStore, ReloadResult
 from vault.access.revocation import Revocation, RevocationList
 from vault.access.suspension import Suspension, Suspensions
+from vault.errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
 
 
 class CallerAdministration:
     def __init__(
-        self, *, policy_store: PolicyStore, revocations: RevocationList, suspensions: Suspensions
+        self,
+        *,
+        policy_store: PolicyStore,
+        revocations: RevocationList,
+        suspensions: Suspensions,
+        pool: asyncpg.Pool,
     ) -> None:
+        self._pool = pool
         self._policy_store = policy_store
         self._revocations = revocations
         self._suspensions = suspensions
@@ -30,7 +39,16 @@ class CallerAdministration:
     async def revoke_caller(
         self, *, identity: str | None, serial: str | None, reason: str, actor: str
     ) -> Revocation:
-        """Revoke an identity or a certificate serial (hex); exactly one must be given."""
+        """Revoke an identity or a certificate serial (hex); exactly one must be given.
+
+        An administrator cannot revoke its own identity: that could leave nobody able to
+        restore it.
+        """
+        if identity is not None and identity == actor:
+            raise FailedPrecondition(
+                "identity: an administrator cannot revoke its own identity; ask another holder"
+                " of admin:callers"
+            )
         return await self._revocations.revoke(
             identity=identity, serial=serial, reason=reason, actor=actor
         )
@@ -46,7 +64,14 @@ class CallerAdministration:
     # Suspensions
 
     async def lift_suspension(self, identity: str, *, actor: str) -> Suspension:
-        return await self._suspensions.lift(identity, actor)
+        """Lift a suspension and forget the caller's current detokenize windows.
+
+        Without the reset, the next call would count against the window that tripped the
+        suspension and suspend the caller again at once.
+        """
+        suspension = await self._suspensions.lift(identity, actor)
+        await self._pool.execute("DELETE FROM tv_detokenize_windows WHERE identity = $1", identity)
+        return suspension
 
     async def suspensions(self) -> Sequence[Suspension]:
         return await self._suspensions.active()

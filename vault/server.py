@@ -259,7 +259,7 @@ async def _serve(
         KeyAdminServicer(admin, policy, guard), server
     )
     caller_admin = CallerAdministration(
-        policy_store=policy_store, revocations=revocations, suspensions=suspensions
+        policy_store=policy_store, revocations=revocations, suspensions=suspensions, pool=pool
     )
     caller_admin_pb2_grpc.add_CallerAdminServicer_to_server(
         CallerAdminServicer(caller_admin, policy, guard), server

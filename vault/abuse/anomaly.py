@@ -87,7 +87,8 @@ class CallerSuspended(PermissionDenied):
         # PermissionDenied's own constructor words the message for a missing scope.
         TokenvaultError.__init__(
             self,
-            f"caller suspended: {verdict.reason}; an administrator must reinstate this identity",
+            f"caller suspended: {verdict.reason}; an administrator can lift the suspension"
+            " (tokenvault callers lift)",
         )
         self.scope = "detokenize"
         self.verdict = verdict

@@ -135,6 +135,11 @@ class AuditTrail:
             self._sink = self._sink_target
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="audit-trail-writer")
+        if self._signing_key is None:
+            logger.warning(
+                "audit checkpoints are not signed: set [audit] signing_key_file, or truncation"
+                " and rewriting of the chain cannot be detected"
+            )
         logger.info(
             "audit trail started",
             extra={

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -322,7 +323,15 @@ def read_input(args: argparse.Namespace, stdin: TextIO, *, value_field: str) -> 
             )
         return records_from_lines(stdin)
 
-    input_format = args.format or guess_format(args.file)
+    if args.file == "-" and args.format is None:
+        # Standard input has no name to go by, so look at the data: JSON lines start with "{".
+        # This lets `tokenvault tokenize ... | tokenvault detokenize --file -` work as is.
+        stdin = io.StringIO(stdin.read())
+        first = next((line for line in stdin.getvalue().splitlines() if line.strip()), "")
+        stdin.seek(0)
+        input_format = "jsonl" if first.lstrip().startswith("{") else "csv"
+    else:
+        input_format = args.format or guess_format(args.file)
     if args.column is not None and input_format != "csv":
         raise CommandError("--column applies only to CSV input")
     source = "standard input" if args.file == "-" else args.file
@@ -338,7 +347,7 @@ def read_input(args: argparse.Namespace, stdin: TextIO, *, value_field: str) -> 
 
 
 def guess_format(path: str) -> str:
-    """Return "jsonl" for a .jsonl or .ndjson name, else "csv" (also for '-')."""
+    """Return "jsonl" for a .jsonl or .ndjson name, else "csv"."""
     return "jsonl" if path.lower().endswith(JSONL_SUFFIXES) else "csv"
 
 
