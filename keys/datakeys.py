@@ -344,10 +344,12 @@ class DataKeyManager:
                 f"data key {label} is retired; reinstate it (tokenvault keys reinstate) to use it "
                 "again"
             )
-        if row["kek_provider"] != self._provider.name:
+        if not self._provider.can_unwrap(row["kek_provider"]):
             raise KekNotFound(
                 f"data key {label} is wrapped by KEK provider {row['kek_provider']}, "
-                f"but the configured provider is {self._provider.name}"
+                f"but the configured provider is {self._provider.name}; to move data keys to"
+                " a new provider, configure the old one as [kek.previous] and run"
+                " tokenvault keys rotate-kek"
             )
 
         kek = KekRef(row["kek_provider"], row["kek_key_id"], row["kek_version"])

@@ -733,11 +733,11 @@ class KeyLifecycle:
         for row in rows:
             purpose = Purpose(row["purpose"])
             label = _label(row["template"], purpose, row["version"])
-            if row["kek_provider"] != self._provider.name:
+            if not self._provider.can_unwrap(row["kek_provider"]):
                 raise KekNotFound(
                     f"data key {label} is wrapped by KEK provider {row['kek_provider']}, but "
-                    f"the configured provider is {self._provider.name}; rewrapping across "
-                    "providers is not supported"
+                    f"the configured provider is {self._provider.name}; configure the old "
+                    "provider as [kek.previous] to rewrap across providers"
                 )
             old_kek = KekRef(row["kek_provider"], row["kek_key_id"], row["kek_version"])
             data = associated_data(row["template"], purpose, row["version"])

@@ -80,6 +80,10 @@ class KekProvider(ABC):
     def close(self) -> None:
         """Release connections and drop cached key material. Later calls raise KekUnavailable."""
 
+    def can_unwrap(self, provider_name: str) -> bool:
+        """Return whether keys wrapped by the provider named ``provider_name`` reach ``unwrap``."""
+        return provider_name == self.name
+
     def __enter__(self) -> Self:
         return self
 

@@ -62,6 +62,9 @@ class TracedKekProvider(KekProvider):
             _set_kek(span, kek)
             return kek
 
+    def can_unwrap(self, provider_name: str) -> bool:
+        return self._provider.can_unwrap(provider_name)
+
     def close(self) -> None:
         self._provider.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from tokenvault.v1 import key_admin_pb2 as pb
 from tokenvault.v1 import key_admin_pb2_grpc as pb_grpc
 from tokenvault_client import DetokenizeItem, Reveal, TokenizeItem, UnavailableError
 
+from keys.errors import KekNotFound
 from keys.openbao import OpenBaoDevServer
 from keys.softhsm import SoftHsm
 from vault.settings import KekSettings, Pkcs11Settings, VaultTransitSettings
@@ -197,3 +199,53 @@ def test_reencryption_resumes_after_restart(pg_server: EmbeddedPostgres, tmp_pat
         _assert_reveal(second, "email", values, tokens)
     finally:
         second.stop()
+
+
+def test_data_keys_move_from_local_kek_to_hsm(
+    pg_server: EmbeddedPostgres, hsm: SoftHsm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENVAULT_HSM_PIN", hsm.pin)
+    local = KekSettings(provider="local", file=tmp_path / "kek.json")
+    hsm_kek = KekSettings(
+        provider="pkcs11",
+        pkcs11=Pkcs11Settings(
+            module=Path(hsm.module_path),
+            token_label=hsm.token_label,
+            key_label=f"move-{uuid.uuid4().hex[:8]}",
+            create_if_missing=True,
+        ),
+    )
+    first = ServiceHarness(pg_server, tmp_path, kek=local).start()
+    try:
+        tokens = _round_trip(first, "pan", PANS)
+    finally:
+        first.stop()
+
+    # The HSM alone cannot open keys the local KEK wrapped.
+    refused = ServiceHarness(pg_server, tmp_path, kek=hsm_kek, database=first.database)
+    with pytest.raises(KekNotFound, match="kek.previous"):
+        refused.start()
+    refused.stop()
+
+    moving = ServiceHarness(
+        pg_server,
+        tmp_path,
+        kek=dataclasses.replace(hsm_kek, previous=local),
+        database=first.database,
+    ).start()
+    try:
+        _assert_reveal(moving, "pan", PANS, tokens)
+        channel, stub = _admin(moving)
+        with channel:
+            rotated = stub.RotateKek(pb.RotateKekRequest(), timeout=60)
+            listing = stub.ListKeys(pb.ListKeysRequest(), timeout=10)
+        assert rotated.kek_provider == "pkcs11"
+        assert {key.kek_provider for key in listing.keys} == {"pkcs11"}
+    finally:
+        moving.stop()
+
+    settled = ServiceHarness(pg_server, tmp_path, kek=hsm_kek, database=first.database).start()
+    try:
+        _assert_reveal(settled, "pan", PANS, tokens)
+    finally:
+        settled.stop()

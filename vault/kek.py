@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keys.errors import KekConfigError
 from keys.local import LocalKekProvider
+from keys.migration import MigratingKekProvider
 from keys.provider import KekProvider
 from vault.errors import ConfigError
 from vault.settings import KekSettings, Pkcs11Settings, VaultTransitSettings
@@ -13,8 +14,21 @@ def open_kek_provider(settings: KekSettings) -> KekProvider:
     """Return the configured provider; a missing or unsafe key raises ConfigError.
 
     An unreachable HSM or Vault raises ``keys.errors.KekUnavailable``, so the caller can tell
-    a configuration to fix from a dependency to wait for.
+    a configuration to fix from a dependency to wait for. With ``previous`` set, the result
+    also unwraps keys that the previous provider wrapped.
     """
+    current = _open_one(settings)
+    if settings.previous is None:
+        return current
+    try:
+        previous = _open_one(settings.previous)
+    except BaseException:
+        current.close()
+        raise
+    return MigratingKekProvider(current, previous)
+
+
+def _open_one(settings: KekSettings) -> KekProvider:
     try:
         if settings.pkcs11 is not None:
             return _open_pkcs11(settings.pkcs11)

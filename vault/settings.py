@@ -39,6 +39,9 @@ Example (paths are relative to the file's folder)::
     #   namespace = "..."            # Vault Enterprise namespaces
     #   timeout_seconds = 5
     #   create_if_missing = false
+    # [kek.previous]                 # while moving to a new provider: the old one, same keys;
+    # provider = "local"             # rotate-kek then rewraps every data key under [kek]
+    # file = "kek.json"
     [policy]
     file = "policy.toml"             # reloaded when it changes; a broken file keeps the old one
 
@@ -67,6 +70,7 @@ Security settings fail closed: a missing TLS file, an unreadable key or an unkno
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -124,6 +128,8 @@ class KekSettings:
     salt_file: Path | None = None
     pkcs11: Pkcs11Settings | None = None
     vault_transit: VaultTransitSettings | None = None
+    # The provider that wrapped the data keys before this one, while they are moved over.
+    previous: KekSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,18 @@ _KEK_PROVIDERS = ("local", "pkcs11", "vault-transit")
 
 
 def _kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
+    previous_table = table.get("previous")
+    settings = _one_kek({k: v for k, v in table.items() if k != "previous"}, base_dir)
+    if previous_table is None:
+        return settings
+    if not isinstance(previous_table, dict) or "previous" in previous_table:
+        raise ConfigError(
+            "kek.previous must be a table of provider settings, without its own previous"
+        )
+    return dataclasses.replace(settings, previous=_one_kek(previous_table, base_dir))
+
+
+def _one_kek(table: Mapping[str, Any], base_dir: Path) -> KekSettings:
     provider = table.get("provider", "local")
     if provider not in _KEK_PROVIDERS:
         raise ConfigError(f"kek.provider: {provider!r} is not one of {', '.join(_KEK_PROVIDERS)}")
