@@ -22,7 +22,7 @@ import enum
 import json
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -125,13 +125,20 @@ class DataKeyManager:
         self._generation = 0
         self._template_generations: dict[str, int] = {}
 
-    async def ensure(self, templates: Iterable[str], *, actor: str = "system") -> None:
+    async def ensure(
+        self,
+        templates: Iterable[str],
+        *,
+        actor: str = "system",
+        purposes: Mapping[str, Sequence[Purpose]] | None = None,
+    ) -> None:
         """Create version 1 of each purpose that has no version yet, then load the active keys.
 
         Replicas may run it at the same time: the insert does nothing on conflict, and every
         caller then reads back the version that won. Each version it creates gets a ``created``
         row in tv_key_events with ``actor``. Loading the active keys checks at start-up that the
         KEK unwraps them. Raises DataKeyNotFound for a purpose that has versions but none active.
+        ``purposes`` limits each template to the purposes it uses (all three by default).
         """
         names = sorted(set(templates))
         if not names:
@@ -142,13 +149,16 @@ class DataKeyManager:
             names,
         )
         existing = {(row["template"], row["purpose"]) for row in rows}
+        def used(template: str) -> Sequence[Purpose]:
+            return list(Purpose) if purposes is None else purposes.get(template, list(Purpose))
+
         for template in names:
-            for purpose in Purpose:
+            for purpose in used(template):
                 if (template, purpose.value) not in existing:
                     await self._create_first_version(template, purpose, actor)
 
         for template in names:
-            for purpose in Purpose:
+            for purpose in used(template):
                 await self.active(template, purpose)
 
     async def active(self, template: str, purpose: Purpose) -> DataKey:

@@ -67,7 +67,7 @@ class KeyAdministration:
         self, template_name: str, purposes: Sequence[str], *, actor: str
     ) -> list[KeyVersionInfo]:
         template = self._template(template_name)
-        chosen = [_purpose(p) for p in purposes] or _default_purposes(template)
+        chosen = [_purpose(p) for p in purposes] or key_purposes(template)
         for purpose in chosen:
             self._check_rotatable(template, purpose)
         if Purpose.FPE in chosen:
@@ -236,7 +236,8 @@ def _purpose(name: str) -> Purpose:
         raise InvalidValue("purpose", 'must be "fpe", "aead" or "index"') from None
 
 
-def _default_purposes(template: Template) -> list[Purpose]:
+def key_purposes(template: Template) -> list[Purpose]:
+    """Return the data keys a template uses: FF1 if vaultless, AES-GCM (and index) if vaulted."""
     if template.mode is Mode.VAULTLESS:
         return [Purpose.FPE]
     return [Purpose.AEAD, Purpose.INDEX] if template.convergent else [Purpose.AEAD]

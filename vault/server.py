@@ -36,7 +36,7 @@ from vault.access.gate import AccessGate
 from vault.access.policy_store import PolicyStore
 from vault.access.revocation import RevocationList
 from vault.access.suspension import Suspensions
-from vault.admin import KeyAdministration
+from vault.admin import KeyAdministration, key_purposes
 from vault.admin_servicer import KeyAdminServicer
 from vault.audit.signing import load_signing_key
 from vault.audit.trail import AuditTrail
@@ -164,7 +164,9 @@ async def start_server(settings: Settings) -> RunningServer:
         stack.push_async_callback(pool.close)
         version = await migrate(pool)
         keys = DataKeyManager(pool, provider, on_lookup=telemetry.record_key_cache)
-        await keys.ensure(templates)
+        await keys.ensure(
+            templates, purposes={name: key_purposes(t) for name, t in templates.items()}
+        )
         logger.info(
             "database ready", extra={"schema_version": version, "templates": len(templates)}
         )
