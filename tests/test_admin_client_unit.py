@@ -44,7 +44,7 @@ from tokenvault_client import (
 )
 
 from vault import pki
-from vault.cli import build_parser
+from vault.cli import build_parser, key_progress, key_tables
 from vault.cli import keys as cli
 from vault.devstate import StatePaths
 
@@ -304,19 +304,19 @@ def test_client_rejects_bad_arguments() -> None:
 
 
 def test_progress_percent() -> None:
-    assert cli.progress_percent(_job(rows_done=4500, rows_total=10000)) == 45.0
-    assert cli.progress_percent(_job(rows_done=0, rows_total=0, status="running")) == 0.0
-    assert cli.progress_percent(_job(rows_done=0, rows_total=0, status="done")) == 100.0
+    assert key_tables.progress_percent(_job(rows_done=4500, rows_total=10000)) == 45.0
+    assert key_tables.progress_percent(_job(rows_done=0, rows_total=0, status="running")) == 0.0
+    assert key_tables.progress_percent(_job(rows_done=0, rows_total=0, status="done")) == 100.0
     # Rows added after the job counted its total must not push the bar past the end.
-    assert cli.progress_percent(_job(rows_done=120, rows_total=100)) == 100.0
+    assert key_tables.progress_percent(_job(rows_done=120, rows_total=100)) == 100.0
 
 
 def test_estimate_seconds_left() -> None:
-    assert cli.estimate_seconds_left(_job(rows_left=5500, rows_per_second=1100.0)) == 5.0
-    assert cli.estimate_seconds_left(_job(rows_left=5500, rows_per_second=0.0)) is None
-    assert cli.estimate_seconds_left(_job(status="paused", rows_per_second=1100.0)) is None
-    assert cli.estimate_seconds_left(_job(status="done", rows_left=0)) == 0.0
-    assert cli.estimate_seconds_left(_job(rows_left=0, rows_per_second=0.0)) == 0.0
+    assert key_progress.estimate_seconds_left(_job(rows_left=5500, rows_per_second=1100.0)) == 5.0
+    assert key_progress.estimate_seconds_left(_job(rows_left=5500, rows_per_second=0.0)) is None
+    assert key_progress.estimate_seconds_left(_job(status="paused", rows_per_second=1100.0)) is None
+    assert key_progress.estimate_seconds_left(_job(status="done", rows_left=0)) == 0.0
+    assert key_progress.estimate_seconds_left(_job(rows_left=0, rows_per_second=0.0)) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -332,11 +332,11 @@ def test_estimate_seconds_left() -> None:
     ],
 )
 def test_format_duration(seconds: float | None, expected: str) -> None:
-    assert cli.format_duration(seconds) == expected
+    assert key_progress.format_duration(seconds) == expected
 
 
 def test_render_progress_bar_narrow_terminal() -> None:
-    line = cli.render_progress_bar(_job(), columns=80)
+    line = key_progress.render_progress_bar(_job(), columns=80)
 
     assert line == (
         "job 7 running [####......]  45.0%  4,500/10,000 rows  1,100 rows/s  ETA 0:00:05"
@@ -345,28 +345,30 @@ def test_render_progress_bar_narrow_terminal() -> None:
 
 
 def test_render_progress_bar_wide_terminal() -> None:
-    line = cli.render_progress_bar(_job(), columns=200)
+    line = key_progress.render_progress_bar(_job(), columns=200)
 
     assert line.startswith("job 7 running [" + "#" * 18 + "." * 22 + "]")
 
 
 def test_render_progress_bar_width_stays_put() -> None:
-    early = cli.render_progress_bar(_job(rows_done=0, rows_per_second=0.0), columns=120)
-    later = cli.render_progress_bar(_job(rows_done=4500, rows_per_second=98765.0), columns=120)
+    early = key_progress.render_progress_bar(_job(rows_done=0, rows_per_second=0.0), columns=120)
+    later = key_progress.render_progress_bar(
+        _job(rows_done=4500, rows_per_second=98765.0), columns=120
+    )
 
     assert early.index("]") == later.index("]")
 
 
 def test_render_progress_bar_cut_to_terminal() -> None:
-    line = cli.render_progress_bar(_job(), columns=40)
+    line = key_progress.render_progress_bar(_job(), columns=40)
 
     assert len(line) == 39
     assert line.startswith("job 7 running [####......]")
 
 
 def test_render_progress_bar_unknown_rate_and_done() -> None:
-    waiting = cli.render_progress_bar(_job(rows_done=0, rows_per_second=0.0), columns=100)
-    done = cli.render_progress_bar(
+    waiting = key_progress.render_progress_bar(_job(rows_done=0, rows_per_second=0.0), columns=100)
+    done = key_progress.render_progress_bar(
         _job(status="done", rows_done=10000, rows_left=0, rows_per_second=900.0), columns=100
     )
 
@@ -378,7 +380,7 @@ def test_render_progress_bar_unknown_rate_and_done() -> None:
 
 
 def test_format_progress_line() -> None:
-    assert cli.format_progress_line(_job()) == (
+    assert key_progress.format_progress_line(_job()) == (
         "job 7 running: 45.0%  4,500/10,000 rows  1,100 rows/s  ETA 0:00:05"
     )
 
@@ -399,7 +401,7 @@ class FakeClock:
 def test_plain_progress_every_five_seconds() -> None:
     stream = io.StringIO()
     clock = FakeClock()
-    reporter = cli.ProgressReporter(stream, tty=False, clock=clock)
+    reporter = key_progress.ProgressReporter(stream, tty=False, clock=clock)
 
     for now, rows_done in [(0.0, 0), (1.0, 100), (4.9, 490), (5.0, 500), (7.0, 700)]:
         clock.now = now
@@ -418,7 +420,7 @@ def test_plain_progress_every_five_seconds() -> None:
 def test_progress_uses_observed_rate_without_server_rate() -> None:
     stream = io.StringIO()
     clock = FakeClock()
-    reporter = cli.ProgressReporter(stream, tty=False, clock=clock)
+    reporter = key_progress.ProgressReporter(stream, tty=False, clock=clock)
 
     reporter.update(_job(rows_done=1000, rows_left=9000, rows_per_second=0.0))
     clock.now = 5.0
@@ -432,7 +434,7 @@ def test_progress_uses_observed_rate_without_server_rate() -> None:
 def test_progress_prefers_server_rate() -> None:
     stream = io.StringIO()
     clock = FakeClock()
-    reporter = cli.ProgressReporter(stream, tty=False, clock=clock)
+    reporter = key_progress.ProgressReporter(stream, tty=False, clock=clock)
 
     reporter.update(_job(rows_done=1000, rows_per_second=0.0))
     clock.now = 5.0
@@ -444,7 +446,7 @@ def test_progress_prefers_server_rate() -> None:
 def test_plain_progress_close_writes_last_state() -> None:
     stream = io.StringIO()
     clock = FakeClock()
-    reporter = cli.ProgressReporter(stream, tty=False, clock=clock)
+    reporter = key_progress.ProgressReporter(stream, tty=False, clock=clock)
 
     reporter.update(_job(rows_done=0))
     clock.now = 1.0
@@ -458,7 +460,7 @@ def test_plain_progress_close_writes_last_state() -> None:
 
 def test_tty_progress_redraws_one_line() -> None:
     stream = io.StringIO()
-    reporter = cli.ProgressReporter(stream, tty=True, columns=lambda: 80)
+    reporter = key_progress.ProgressReporter(stream, tty=True, columns=lambda: 80)
 
     reporter.update(_job(rows_done=0))
     reporter.update(_job())
@@ -473,7 +475,7 @@ def test_tty_progress_redraws_one_line() -> None:
 
 def test_tty_progress_note_starts_new_line() -> None:
     stream = io.StringIO()
-    reporter = cli.ProgressReporter(stream, tty=True, columns=lambda: 80)
+    reporter = key_progress.ProgressReporter(stream, tty=True, columns=lambda: 80)
 
     reporter.update(_job())
     reporter.note("polling failed")
@@ -487,7 +489,7 @@ def _follow(
     *,
     timeout: float,
     first: ReencryptionJob | None = None,
-) -> tuple[cli.FollowResult, FakeClock, list[int], io.StringIO]:
+) -> tuple[key_progress.FollowResult, FakeClock, list[int], io.StringIO]:
     pending = list(responses)
     fetched: list[int] = []
     clock = FakeClock()
@@ -500,8 +502,8 @@ def _follow(
             raise response
         return response
 
-    reporter = cli.ProgressReporter(stream, tty=False, clock=clock)
-    result = cli.follow_job(
+    reporter = key_progress.ProgressReporter(stream, tty=False, clock=clock)
+    result = key_progress.follow_job(
         fetch,
         first or _job(rows_done=0),
         timeout=timeout,
@@ -517,7 +519,7 @@ def test_follow_job_until_done() -> None:
 
     result, clock, fetched, _ = _follow([_job(), done], timeout=60)
 
-    assert result == cli.FollowResult(done, timed_out=False)
+    assert result == key_progress.FollowResult(done, timed_out=False)
     assert fetched == [7, 7]
     assert clock.sleeps == [0.5, 0.5]
 
@@ -546,7 +548,7 @@ def test_follow_job_finished_job_makes_no_call() -> None:
 
     result, clock, fetched, _ = _follow([], timeout=60, first=done)
 
-    assert result == cli.FollowResult(done, timed_out=False)
+    assert result == key_progress.FollowResult(done, timed_out=False)
     assert fetched == []
     assert clock.sleeps == []
 
@@ -581,7 +583,7 @@ def test_follow_job_raises_other_errors_at_once() -> None:
 
 
 def test_format_table_aligns_columns() -> None:
-    table = cli.format_table(
+    table = key_tables.format_table(
         ("NAME", "ROWS", "NOTE"),
         [("pan", "5", "first"), ("email-long", "1,234", "")],
         right_aligned={1},
@@ -595,21 +597,21 @@ def test_format_table_aligns_columns() -> None:
 
 
 def test_format_table_header_only() -> None:
-    assert cli.format_table(("A", "B"), []) == "A  B"
+    assert key_tables.format_table(("A", "B"), []) == "A  B"
 
 
 def test_format_time() -> None:
     offset = datetime.timezone(datetime.timedelta(hours=2))
 
-    assert cli.format_time(CREATED) == "2024-05-01T12:00:00Z"
-    assert cli.format_time(datetime.datetime(2024, 5, 1, 14, 0, tzinfo=offset)) == (
+    assert key_tables.format_time(CREATED) == "2024-05-01T12:00:00Z"
+    assert key_tables.format_time(datetime.datetime(2024, 5, 1, 14, 0, tzinfo=offset)) == (
         "2024-05-01T12:00:00Z"
     )
-    assert cli.format_time(None) == "-"
+    assert key_tables.format_time(None) == "-"
 
 
 def test_key_table() -> None:
-    table = cli.key_table(
+    table = key_tables.key_table(
         [_key(), _key(template="pan", purpose="fpe", version=12, state="retired", rows=None)]
     )
 
@@ -624,7 +626,7 @@ def test_key_table() -> None:
 
 
 def test_job_table() -> None:
-    lines = cli.job_table([_job(target_index_version=2, error="")]).splitlines()
+    lines = key_tables.job_table([_job(target_index_version=2, error="")]).splitlines()
 
     assert lines[0].split() == [
         "JOB",
@@ -663,7 +665,7 @@ def test_job_table() -> None:
 def test_request_table_marks_missing_approval() -> None:
     request = DestroyRequest(12, "pan", "aead", 1, False, "pending", "alice", CREATED, "", None)
 
-    lines = cli.request_table([request]).splitlines()
+    lines = key_tables.request_table([request]).splitlines()
 
     assert lines[1].split() == [
         "12",
@@ -682,7 +684,7 @@ def test_request_table_marks_missing_approval() -> None:
 def test_event_table_blank_fields() -> None:
     event = KeyEvent(3, UPDATED, "", "", 0, "kek_rotated", "", "", "alice")
 
-    lines = cli.event_table([event]).splitlines()
+    lines = key_tables.event_table([event]).splitlines()
 
     assert lines[0].split() == [
         "ID",
@@ -714,7 +716,7 @@ def test_event_table_blank_fields() -> None:
 def test_json_key_listing_shape() -> None:
     listing = KeyListing(keys=(_key(rows=None),), kek=KekVersion("local", "dev-kek", "1"))
 
-    document = cli.to_json_document(listing)
+    document = key_tables.to_json_document(listing)
 
     assert document == {
         "keys": [
@@ -735,7 +737,7 @@ def test_json_key_listing_shape() -> None:
 
 
 def test_json_job_shape() -> None:
-    document = cli.to_json_document(_job())
+    document = key_tables.to_json_document(_job())
 
     assert document == {
         "job_id": 7,
@@ -758,7 +760,7 @@ def test_json_job_shape() -> None:
 def test_json_wrapped_lists() -> None:
     request = DestroyRequest(12, "pan", "aead", 1, True, "pending", "alice", CREATED, "", None)
 
-    document = cli.to_json_document({"requests": (request,)})
+    document = key_tables.to_json_document({"requests": (request,)})
 
     assert document == {
         "requests": [
@@ -781,7 +783,7 @@ def test_json_wrapped_lists() -> None:
 def test_json_kek_rotation_shape() -> None:
     rotation = KekRotation(KekVersion("local", "dev-kek", "2"), rewrapped=9)
 
-    assert cli.to_json_document(rotation) == {
+    assert key_tables.to_json_document(rotation) == {
         "kek": {"provider": "local", "key_id": "dev-kek", "version": "2"},
         "rewrapped": 9,
     }
@@ -820,7 +822,7 @@ PARSE_CASES: list[tuple[list[str], Callable[..., int], dict[str, Any]]] = [
             "batch_size": 0,
             "max_rows_per_second": 0,
             "wait": False,
-            "wait_timeout": cli.DEFAULT_WAIT_SECONDS,
+            "wait_timeout": key_progress.DEFAULT_WAIT_SECONDS,
             "timeout": 10.0,
         },
     ),
@@ -1212,7 +1214,7 @@ def _run(state: Path, *argv: str) -> int:
 
 @pytest.fixture
 def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "POLL_INTERVAL_SECONDS", 0.01)
+    monkeypatch.setattr(key_progress, "POLL_INTERVAL_SECONDS", 0.01)
 
 
 def test_client_list_keys_over_mutual_tls(server: FakeServer) -> None:
@@ -1377,7 +1379,7 @@ def test_cli_wait_timeout_exits_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(cli, "POLL_INTERVAL_SECONDS", 0.2)
+    monkeypatch.setattr(key_progress, "POLL_INTERVAL_SECONDS", 0.2)
 
     exit_code = _run(state, "reencrypt", "--template", "email", "--wait", "--timeout", "0.1")
 
