@@ -25,11 +25,11 @@ from keys.errors import (
 )
 from keys.lifecycle import (
     TRANSITIONS,
-    KeyChangeListener,
     KeyLifecycle,
     KeyState,
     check_transition,
 )
+from keys.listener import KeyChangeListener
 from keys.local import LocalKekProvider
 from keys.provider import KekRef
 

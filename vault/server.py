@@ -27,7 +27,8 @@ from tokenvault.v1 import (
 )
 
 from keys.datakeys import DataKeyManager
-from keys.lifecycle import KeyChangeListener, KeyLifecycle
+from keys.lifecycle import KeyLifecycle
+from keys.listener import KeyChangeListener
 from keys.provider import KekProvider
 from keys.reencrypt import Reencryptor
 from keys.tracing import TracedKekProvider
