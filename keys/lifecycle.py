@@ -313,13 +313,17 @@ class KeyLifecycle:
 
     # -- rotation and state changes
 
-    async def rotate(self, template: str, purpose: Purpose, *, actor: str) -> KeyVersionInfo:
+    async def rotate(
+        self, template: str, purpose: Purpose, *, actor: str, max_version: int | None = None
+    ) -> KeyVersionInfo:
         """Create a new active version, wrapped by the current KEK, and demote the old one.
 
         The old active version becomes decrypt_only in the same transaction. Concurrent
         rotations of the same template and purpose run one after the other and create
         consecutive versions. Raises DataKeyNotFound when the template has no version yet,
-        because ``DataKeyManager.ensure`` creates version 1.
+        because ``DataKeyManager.ensure`` creates version 1. With ``max_version``, raises
+        KeyStateError instead of creating a version above it (checked under the lock, so
+        concurrent rotations cannot pass it together).
         """
         _check_actor(actor)
         label = _label(template, purpose)
@@ -343,6 +347,11 @@ class KeyLifecycle:
                 purpose.value,
             )
             new_version = max(row["version"] for row in rows) + 1
+            if max_version is not None and new_version > max_version:
+                raise KeyStateError(
+                    f"data key {label} cannot get version {new_version}: its tokens can carry"
+                    f" versions 1 to {max_version} only"
+                )
             old_active = [row["version"] for row in rows if row["state"] == "active"]
 
             material = secrets.token_bytes(KEY_SIZE)

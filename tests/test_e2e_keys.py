@@ -274,3 +274,37 @@ def test_second_replica_sees_rotation_within_seconds(service: ServiceHarness) ->
         assert after != before
     finally:
         service.call(replica.stop(0.5))
+
+
+def test_duplicate_purposes_are_refused(service: ServiceHarness) -> None:
+    channel, stub = _admin(service)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        stub.RotateDataKey(
+            pb.RotateDataKeyRequest(template="pan_fpe", purposes=["fpe", "fpe"]), timeout=10
+        )
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_rotations_never_pass_ff1_version_cap(service: ServiceHarness) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rotate(_: int) -> str:
+        channel, stub = _admin(service)
+        with channel:
+            try:
+                stub.RotateDataKey(pb.RotateDataKeyRequest(template="pan_fpe"), timeout=30)
+                return "ok"
+            except grpc.RpcError as error:
+                return error.code().name
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(rotate, range(12)))
+    channel, stub = _admin(service)
+    with channel:
+        listing = stub.ListKeys(pb.ListKeysRequest(template="pan_fpe"), timeout=10)
+
+    assert "FAILED_PRECONDITION" in outcomes
+    assert max(k.version for k in listing.keys if k.purpose == "fpe") == 9
+    with service.client("gateway") as gateway:
+        assert gateway.tokenize([TokenizeItem("pan_fpe", VALUES["pan_fpe"][3])])[0].ok

@@ -68,6 +68,8 @@ class KeyAdministration:
     ) -> list[KeyVersionInfo]:
         template = self._template(template_name)
         chosen = [_purpose(p) for p in purposes] or key_purposes(template)
+        if len(set(chosen)) != len(chosen):
+            raise InvalidValue("purposes", "must not name a purpose twice")
         for purpose in chosen:
             self._check_rotatable(template, purpose)
         if Purpose.FPE in chosen:
@@ -75,7 +77,10 @@ class KeyAdministration:
 
         rotated = []
         for purpose in chosen:
-            rotated.append(await self._lifecycle.rotate(template.name, purpose, actor=actor))
+            cap = template.max_key_versions if purpose is Purpose.FPE else None
+            rotated.append(
+                await self._lifecycle.rotate(template.name, purpose, actor=actor, max_version=cap)
+            )
         self._vaultless.forget(template.name)
         logger.info(
             "data keys rotated",

@@ -35,7 +35,7 @@ from vault.errors import (
     TokenvaultError,
 )
 from vault.formats.base import Side, Split, Template
-from vault.store.tokens import NewToken, StoredToken, TokenStore
+from vault.store.tokens import NewToken, StaleDataKey, StoredToken, TokenStore
 
 DEFAULT_MAX_ROUNDS = 8
 _NONCE_BYTES = 12
@@ -238,7 +238,13 @@ class VaultedTokenizer:
             drawn[position] = draw
             rows.append(await self._sealed_row(job, draw[1], indexes.get(position)))
 
-        stored = await self._store.insert(rows)
+        try:
+            stored = await self._store.insert(rows)
+        except StaleDataKey as stale:
+            # Another replica rotated this template's keys since they were cached: reload
+            # them and seal every pending item again in the next round.
+            self._keys.clear_cache(stale.template)
+            return list(pending)
         still_pending = []
         for position in pending:
             if position not in drawn:

@@ -48,6 +48,47 @@ class StoredToken:
 _LIVE = "(t.expires_at IS NULL OR t.expires_at > now())"
 
 
+class StaleDataKey(Exception):
+    """A row was sealed with a key version that is no longer active (another replica rotated
+    or destroyed it); the caller drops its cached keys for ``template`` and seals again."""
+
+    def __init__(self, template: str) -> None:
+        super().__init__(template)
+        self.template = template
+
+
+async def _lock_active_keys(connection: asyncpg.Connection, rows: Sequence[NewToken]) -> None:
+    """Share-lock the key versions the rows use and check that each is still active.
+
+    A destruction locks the same key row for update before it counts the rows a version
+    protects, so either it sees these rows, or these rows see the version is gone.
+    """
+    wanted = {(row.template, "aead", row.key_version) for row in rows}
+    wanted |= {
+        (row.template, "index", row.index_key_version)
+        for row in rows
+        if row.index_key_version is not None
+    }
+    keys = sorted(wanted)
+    found = await connection.fetch(
+        """
+        SELECT k.template, k.purpose, k.version, k.state
+        FROM tv_data_keys k
+        JOIN unnest($1::text[], $2::text[], $3::int[]) AS w(template, purpose, version)
+          ON k.template = w.template AND k.purpose = w.purpose AND k.version = w.version
+        ORDER BY k.template, k.purpose, k.version
+        FOR SHARE OF k
+        """,
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+        [key[2] for key in keys],
+    )
+    states = {(r["template"], r["purpose"], r["version"]): r["state"] for r in found}
+    for key in keys:
+        if states.get(key) != "active":
+            raise StaleDataKey(key[0])
+
+
 class TokenStore:
     def __init__(self, pool: asyncpg.Pool, telemetry: Telemetry | None = None) -> None:
         self._pool = pool
@@ -93,6 +134,7 @@ class TokenStore:
         self, rows: Sequence[NewToken], indexed: Sequence[NewToken]
     ) -> set[tuple[str, str]]:
         async with self._pool.acquire() as connection, connection.transaction():
+            await _lock_active_keys(connection, rows)
             if indexed:
                 await connection.execute(
                     """
