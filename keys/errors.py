@@ -40,6 +40,10 @@ class DataKeyNotFound(KeyProviderError):
     """A data key version does not exist, or a template has no active version of a purpose."""
 
 
+class DestroyRequestNotFound(KeyProviderError):
+    """No destroy request has the given id."""
+
+
 class KeyDestroyed(KeyProviderError):
     """A data key version was destroyed, so what it protected can no longer be decrypted."""
 

@@ -37,6 +37,7 @@ import asyncpg
 from keys.datakeys import KEY_SIZE, DataKeyManager, Purpose, associated_data
 from keys.errors import (
     DataKeyNotFound,
+    DestroyRequestNotFound,
     DualControlError,
     KekNotFound,
     KeyInUse,
@@ -841,7 +842,7 @@ class KeyLifecycle:
                 "SELECT * FROM tv_destroy_requests WHERE id = $1", request_id
             )
         if row is None:
-            raise DualControlError(f"destroy request {request_id} does not exist")
+            raise DestroyRequestNotFound(f"destroy request {request_id} does not exist")
         return _destroy_request(row)
 
     async def _count_rows(

@@ -482,6 +482,8 @@ def test_batch_never_gives_two_values_one_token(service: ServiceHarness) -> None
         ("reference", "card 4111 1111 1111 1111"),
         ("purpose", "ticket\nforged"),
         ("purpose", "refund for 4111111111111111"),
+        ("purpose", "refund to HR1210010051863000160"),
+        ("reference", "card 4111.1111.1111.1111"),
     ],
 )
 def test_free_text_rejects_controls_and_card_numbers(
@@ -511,11 +513,13 @@ def test_control_characters_in_metadata_fail_alone(service: ServiceHarness) -> N
             [
                 TokenizeItem("name", "Meta Nul", metadata={"k": "a\x00b"}),
                 TokenizeItem("name", "Meta Fine", metadata={"k\n": "v"}),
+                TokenizeItem("name", "Meta Card", metadata={"card": "4242424242424242"}),
                 TokenizeItem("name", "Meta Good"),
             ]
         )
 
     assert [o.error.code if o.error else None for o in outcomes] == [
+        grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
         None,

@@ -16,6 +16,7 @@ import pytest_asyncio
 from keys.datakeys import DataKeyManager, Purpose
 from keys.errors import (
     DataKeyNotFound,
+    DestroyRequestNotFound,
     DualControlError,
     KekUnavailable,
     KeyDestroyed,
@@ -523,9 +524,9 @@ async def test_cancel_destroy(db_pool: asyncpg.Pool, lifecycle: KeyLifecycle) ->
 
 
 async def test_unknown_request(lifecycle: KeyLifecycle) -> None:
-    with pytest.raises(DualControlError, match="destroy request 999 does not exist"):
+    with pytest.raises(DestroyRequestNotFound, match="destroy request 999 does not exist"):
         await lifecycle.approve_destroy(999, actor=BOB)
-    with pytest.raises(DualControlError, match="destroy request 999 does not exist"):
+    with pytest.raises(DestroyRequestNotFound, match="destroy request 999 does not exist"):
         await lifecycle.cancel_destroy(999, actor=BOB)
 
 

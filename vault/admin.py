@@ -56,6 +56,8 @@ class KeyAdministration:
     async def events(self, template: str = "", limit: int = 100) -> list[KeyEvent]:
         if not 0 <= limit <= MAX_EVENTS:
             raise InvalidValue("limit", f"must be 1 to {MAX_EVENTS} (0 means 100)")
+        if template:
+            self._template(template)
         return await self._lifecycle.events(template=template or None, limit=limit or 100)
 
     async def destroy_requests(self, *, pending_only: bool) -> list[DestroyRequest]:
@@ -166,6 +168,8 @@ class KeyAdministration:
         return await self._reencryptor.status(job_id)
 
     async def reencryptions(self, template: str = "", *, unfinished_only: bool) -> list[JobStatus]:
+        if template:
+            self._template(template)
         return await self._reencryptor.jobs(
             template=template or None, unfinished_only=unfinished_only
         )

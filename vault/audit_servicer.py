@@ -26,7 +26,7 @@ class AuditLogServicer(pb_grpc.AuditLogServicer):
         self, request: pb.ExportAuditRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AuditRecord]:
         async with self._guard.call(
-            context, "AuditLog", "Export", operation="admin", audit_every_call=True
+            context, "AuditLog", "Export", operation="admin", items=1, audit_every_call=True
         ) as call:
             if not self._guard.policy().allows(call.caller.identity, AUDIT_SCOPE):
                 raise PermissionDenied(AUDIT_SCOPE)

@@ -16,6 +16,7 @@ from vault.access.policy_store import PolicyStatus, PolicyStore, ReloadResult
 from vault.access.revocation import Revocation, RevocationList
 from vault.access.suspension import Suspension, Suspensions
 from vault.errors import FailedPrecondition
+from vault.freetext import check_free_text
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class CallerAdministration:
         An administrator cannot revoke its own identity: that could leave nobody able to
         restore it.
         """
+        check_free_text("reason", reason)
+        if identity is not None:
+            check_free_text("identity", identity)
         if identity is not None and identity == actor:
             raise FailedPrecondition(
                 "identity: an administrator cannot revoke its own identity; ask another holder"

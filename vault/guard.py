@@ -169,7 +169,7 @@ async def run_admin_call(
     even to restore itself.
     """
     async with guard.call(
-        context, service, method, operation="admin", audit_every_call=True
+        context, service, method, operation="admin", items=1, audit_every_call=True
     ) as call:
         if not guard.policy().allows(call.caller.identity, scope):
             raise PermissionDenied(scope)

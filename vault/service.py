@@ -22,7 +22,7 @@ from vault.errors import (
     TokenvaultError,
 )
 from vault.formats.base import Mode, Side, Split, Template
-from vault.formats.luhn import is_luhn_valid
+from vault.freetext import check_free_text
 from vault.identity import Caller, CallInfo
 from vault.modes.vaulted import Revealed, TokenizeJob, VaultedTokenizer
 from vault.modes.vaultless import VaultlessTokenizer
@@ -38,9 +38,6 @@ MAX_METADATA_ENTRIES = 16
 MAX_METADATA_VALUE_CHARS = 256
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-# A run of 12 to 19 digits, possibly grouped by spaces or dashes, that could be a card number.
-_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){11,18}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -147,7 +144,7 @@ class TokenizationService:
         self._check_batch_size(len(items))
         if len(purpose) > MAX_PURPOSE_CHARS:
             raise InvalidValue("purpose", f"must be at most {MAX_PURPOSE_CHARS} characters")
-        _check_free_text("purpose", purpose)
+        check_free_text("purpose", purpose)
         policy = self._policy()
         scope = "detokenize.masked" if masked else "detokenize"
         results = [ItemResult(reference=item.reference) for item in items]
@@ -351,19 +348,7 @@ def _bounded(text: str, field_name: str) -> str:
 def _check_reference(reference: str) -> None:
     if len(reference) > MAX_REFERENCE_CHARS:
         raise InvalidValue("reference", f"must be at most {MAX_REFERENCE_CHARS} characters")
-    _check_free_text("reference", reference)
-
-
-def _check_free_text(field_name: str, text: str) -> None:
-    """Reject control characters and card numbers in caller text that is stored in clear."""
-    if _CONTROL_CHARACTER.search(text):
-        raise InvalidValue(field_name, "must not contain control characters")
-    for run in _DIGIT_RUN.findall(text):
-        digits = run.replace(" ", "").replace("-", "")
-        if is_luhn_valid(digits):
-            raise InvalidValue(
-                field_name, "must not contain a card number; it is stored and logged in clear"
-            )
+    check_free_text("reference", reference)
 
 
 def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
@@ -376,8 +361,7 @@ def _check_metadata(template: Template, metadata: Mapping[str, str]) -> None:
     for key, value in metadata.items():
         if not _METADATA_KEY.fullmatch(key):
             raise InvalidValue("metadata", "keys must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
-        if _CONTROL_CHARACTER.search(value):
-            raise InvalidValue("metadata", "values must not contain control characters")
+        check_free_text("metadata", value)
         if len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidValue(
                 "metadata", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters"

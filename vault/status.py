@@ -25,6 +25,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (key_errors.DualControlError, grpc.StatusCode.FAILED_PRECONDITION),
     (key_errors.KeyInUse, grpc.StatusCode.FAILED_PRECONDITION),
     (key_errors.DataKeyNotFound, grpc.StatusCode.NOT_FOUND),
+    (key_errors.DestroyRequestNotFound, grpc.StatusCode.NOT_FOUND),
     (key_errors.KeyProviderError, grpc.StatusCode.INTERNAL),
 ]
 
@@ -35,6 +36,7 @@ _SAFE_KEY_ERRORS = (
     key_errors.DualControlError,
     key_errors.KeyInUse,
     key_errors.DataKeyNotFound,
+    key_errors.DestroyRequestNotFound,
 )
 
 
