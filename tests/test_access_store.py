@@ -247,3 +247,23 @@ def test_reload_of_missing_file(policy_path: Path) -> None:
     assert not result.applied
     assert result.error == f"policy file {policy_path} does not exist"
     assert store.current().allows(GATEWAY, "tokenize", "pan")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "empty"])
+def test_reload_refuses_unsafe_files(policy_path: Path, tmp_path: Path, kind: str) -> None:
+    store = PolicyStore(policy_path, known_templates=TEMPLATES)
+    policy_path.unlink()
+    if kind == "fifo":
+        os.mkfifo(policy_path)
+    elif kind == "device":
+        policy_path.symlink_to("/dev/zero")
+    elif kind == "huge":
+        policy_path.write_text(VALID + "#" * (2 * 1024 * 1024) + "\n")
+    else:
+        policy_path.write_text("")
+
+    result = store.reload()
+
+    assert not result.applied
+    assert result.error
+    assert store.current().allows(GATEWAY, "tokenize", "pan")

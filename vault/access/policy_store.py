@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Within this many seconds of a file's mtime, another write may leave mtime and size unchanged
 # (file systems with coarse timestamps), so the file is read and hashed on every poll.
 _RECENT_WRITE_SECONDS = 2.0
+# A policy file larger than this is refused; real ones are a few kilobytes.
+MAX_POLICY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class PolicyStore:
         self._known_templates = frozenset(known_templates)
         self._poll_seconds = poll_seconds
         self._task: asyncio.Task[None] | None = None
+        # Set while the file was written too recently to read; cleared once it is read.
+        self._recheck = False
 
         data = self._read()
         now = datetime.now(UTC)
@@ -141,7 +146,10 @@ class PolicyStore:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_seconds)
-            self._check_file()
+            try:
+                self._check_file()
+            except Exception:  # noqa: BLE001 - one bad poll must not end reloading for good
+                logger.exception("policy file check failed; trying again at the next poll")
 
     def _check_file(self) -> None:
         signature = self._signature()
@@ -155,8 +163,15 @@ class PolicyStore:
                 except ConfigError as exc:
                     self._reject(str(exc))
             return
-        if signature == self._seen_signature and not _written_recently(signature[0]):
+        if _written_recently(signature[0]):
+            # The file may still be being written, and a half-written file can parse and open
+            # access that the finished one closes. Read it once it has been still for a while;
+            # until then a rewrite that kept size and mtime is still looked at.
+            self._recheck = True
             return
+        if signature == self._seen_signature and not self._recheck:
+            return
+        self._recheck = False
         self._seen_signature = signature
         try:
             data = self._read()
@@ -169,18 +184,32 @@ class PolicyStore:
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
-            stat = os.stat(self._path)
+            status = os.stat(self._path)
         except OSError:
             return None
         # st_ino changes when the file is replaced by a rename, as editors that save atomically
         # and Kubernetes ConfigMap volumes do.
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+        return status.st_mtime_ns, status.st_size, status.st_ino
 
     # -- loading
 
     def _read(self) -> bytes:
         try:
-            return self._path.read_bytes()
+            status = os.stat(self._path)
+            if not stat.S_ISREG(status.st_mode):
+                # A FIFO would block the event loop and a device such as /dev/zero never ends.
+                raise ConfigError(f"policy file {self._path} is not a regular file")
+            if status.st_size > MAX_POLICY_BYTES:
+                raise ConfigError(
+                    f"policy file {self._path} is larger than {MAX_POLICY_BYTES} bytes"
+                )
+            with self._path.open("rb") as handle:
+                data = handle.read(MAX_POLICY_BYTES + 1)
+            if len(data) > MAX_POLICY_BYTES:
+                raise ConfigError(
+                    f"policy file {self._path} is larger than {MAX_POLICY_BYTES} bytes"
+                )
+            return data
         except FileNotFoundError:
             raise ConfigError(f"policy file {self._path} does not exist") from None
         except OSError as exc:
@@ -197,6 +226,11 @@ class PolicyStore:
             )
         except ConfigError as exc:
             return self._reject(str(exc))
+        if not policy.callers and self._policy.callers:
+            return self._reject(
+                f"policy file {self._path} lists no callers; refusing it, because it would lock"
+                " out every caller, administrators included"
+            )
 
         now = datetime.now(UTC)
         self._policy = policy
