@@ -14,9 +14,9 @@ import nacl.signing
 import pytest
 import pytest_asyncio
 
-from vault.audit.chain import GENESIS_HASH
+from vault.audit.chain import GENESIS_HASH, chain_hash
 from vault.audit.events import MAX_TOKEN_DIGESTS, AuditEvent, split_by_digests, token_digest
-from vault.audit.export import export
+from vault.audit.export import event_record, export
 from vault.audit.trail import AUDIT_CHAIN_LOCK_ID, SAFE_MESSAGE, AuditTrail, AuditUnavailable
 from vault.audit.verify import verify_database, verify_export
 from vault.errors import Unavailable
@@ -133,7 +133,6 @@ def test_split_without_digests_keeps_event() -> None:
     event = make_event(1, token_digests=(), item_count=3)
 
     assert split_by_digests(event, []) == [event]
-
 
 
 # Writing the chain
@@ -355,3 +354,43 @@ async def test_sink_path_is_appended(db_pool: asyncpg.Pool, tmp_path: Path) -> N
     assert records[0]["type"] == "event"
     assert records[0]["request_id"] == "req-1"
     assert records[0]["token_digests"] == [token_digest("pan", "4111000000000001")]
+
+
+async def test_signer_refuses_a_rewritten_chain(db_pool: asyncpg.Pool, tmp_path: Path) -> None:
+    key = nacl.signing.SigningKey.generate()
+    head_file = tmp_path / "audit-signing.key.head"
+    first = AuditTrail(db_pool, signing_key=key, head_file=head_file)
+    await first.start()
+    await first.record([make_event(n) for n in range(5)], durable=True)
+    await first.stop()  # signs seq 5
+
+    # Someone with the table owner's rights edits seq 2, recomputes every later hash so the
+    # chain links again, and deletes the checkpoints that would expose it.
+    async with db_pool.acquire() as connection:
+        await connection.execute("ALTER TABLE tv_audit_log DISABLE TRIGGER USER")
+        await connection.execute("ALTER TABLE tv_audit_checkpoints DISABLE TRIGGER USER")
+        await connection.execute("UPDATE tv_audit_log SET caller = 'somebody' WHERE seq = 2")
+        rows = await connection.fetch("SELECT * FROM tv_audit_log ORDER BY seq")
+        previous = bytes(rows[0]["hash"])
+        for row in rows[1:]:
+            record = event_record(row["seq"], row["occurred_at"], row, previous, b"")
+            digest = chain_hash(previous, record)
+            await connection.execute(
+                "UPDATE tv_audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3",
+                previous,
+                digest,
+                row["seq"],
+            )
+            previous = digest
+        await connection.execute("DELETE FROM tv_audit_checkpoints")
+        await connection.execute("ALTER TABLE tv_audit_log ENABLE TRIGGER USER")
+        await connection.execute("ALTER TABLE tv_audit_checkpoints ENABLE TRIGGER USER")
+    assert (await verify_database(db_pool, key.verify_key)).ok  # the rewrite now verifies...
+
+    second = AuditTrail(db_pool, signing_key=key, head_file=head_file)
+    await second.start()
+    await second.record([make_event(9)], durable=True)
+    await second.stop()
+
+    # ...but the signer's own record of its last head no longer matches, so it signs nothing.
+    assert await db_pool.fetchval("SELECT count(*) FROM tv_audit_checkpoints") == 0

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -205,6 +206,7 @@ async def _serve(
         signing_key=signing_key,
         checkpoint_interval_seconds=settings.audit.checkpoint_seconds,
         sink=settings.audit.stream if settings.audit.stream != "-" else _stdout(),
+        head_file=_head_file(settings),
     )
     await _started(stack, audit.start(), audit.stop)
     await _started(stack, policy_store.start(), policy_store.stop)
@@ -321,6 +323,12 @@ def _suspender(suspensions: Suspensions) -> Callable[[str, str], Awaitable[None]
         await suspensions.suspend(identity, reason, ANOMALY_ACTOR)
 
     return suspend
+
+
+def _head_file(settings: Settings) -> Path | None:
+    """Return where the audit signer keeps its last signed head: beside its signing key."""
+    key_file = settings.audit.signing_key_file
+    return key_file.with_name(key_file.name + ".head") if key_file else None
 
 
 def _stdout() -> Any:

@@ -80,8 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="verify the audit hash chain and checkpoint signatures",
         description=(
             "Verify an export file or the database: every hash, every prev_hash link, gapless "
-            "seq, every checkpoint signature, and that no events are missing after the last "
-            "checkpoint. Prints a one-line summary, or the first broken link and exits with 1."
+            "seq, every checkpoint signature, and that the events reach the last checkpoint. "
+            "Events after the last checkpoint are not covered by a signature, and the summary "
+            "says how many. Prints a one-line summary, or the first broken link and exits 1."
         ),
     )
     verifier.add_argument(

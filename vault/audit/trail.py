@@ -33,7 +33,12 @@ import nacl.signing
 from vault.audit.chain import EVENT_FIELDS, GENESIS_HASH, chain_hash, event_fields, format_timestamp
 from vault.audit.events import AuditEvent
 from vault.audit.export import checkpoint_record, dump_record, event_record
-from vault.audit.signing import Checkpoint, sign_checkpoint
+from vault.audit.signing import (
+    Checkpoint,
+    is_valid_checkpoint_signature,
+    key_id,
+    sign_checkpoint,
+)
 from vault.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -90,7 +95,11 @@ class AuditTrail:
         batch_max: int = 1000,
         queue_max: int = 100_000,
         sink: TextIO | Path | str | None = None,
+        head_file: Path | None = None,
     ) -> None:
+        # The last head this signer signed, kept outside the database: a chain rewritten and
+        # re-hashed in the database, with its checkpoints deleted, no longer links to it.
+        self._head_file = head_file
         if checkpoint_interval_seconds <= 0:
             raise ValueError("checkpoint_interval_seconds must be positive")
         if batch_max < 1:
@@ -134,6 +143,7 @@ class AuditTrail:
         else:
             self._sink = self._sink_target
         self._accepting = True
+        self._trusted_head = _read_head_file(self._head_file)
         self._task = asyncio.create_task(self._run(), name="audit-trail-writer")
         if self._signing_key is None:
             logger.warning(
@@ -366,6 +376,8 @@ class AuditTrail:
             )
             if head is None:
                 return None
+            if not await self._chain_extends_trusted_head(connection, int(head["seq"])):
+                return None
             checkpoint = sign_checkpoint(
                 self._signing_key, int(head["seq"]), bytes(head["hash"]), datetime.now(UTC)
             )
@@ -378,7 +390,71 @@ class AuditTrail:
                 checkpoint.signature,
                 checkpoint.key_id,
             )
+        self._trusted_head = (checkpoint.seq, checkpoint.hash)
+        _write_head_file(self._head_file, self._trusted_head)
         return checkpoint if inserted is not None else None
+
+    async def _chain_extends_trusted_head(self, connection: asyncpg.Connection, head: int) -> bool:
+        """Check the rows from the last head this trail trusts up to ``head`` before signing.
+
+        The trusted head is the last one this process signed, or else the newest checkpoint in
+        the table with a valid signature by this key (or the start of the chain). A chain that
+        was rewritten, with its checkpoints deleted, therefore never gets a new signature.
+        """
+        assert self._signing_key is not None
+        if self._trusted_head is None:
+            self._trusted_head = await self._newest_valid_checkpoint(connection)
+        start_seq, expected = self._trusted_head
+        if start_seq > 0:
+            stored = await connection.fetchval(
+                "SELECT hash FROM tv_audit_log WHERE seq = $1", start_seq
+            )
+            if stored is None or bytes(stored) != expected:
+                return self._refuse_to_sign(start_seq, "the signed head was changed or deleted")
+        previous, previous_seq = expected, start_seq
+        async with connection.transaction(readonly=True):
+            async for row in connection.cursor(
+                "SELECT * FROM tv_audit_log WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                start_seq,
+                head,
+            ):
+                record = event_record(
+                    row["seq"], row["occurred_at"], row, bytes(row["prev_hash"]), bytes(row["hash"])
+                )
+                if row["seq"] != previous_seq + 1 or bytes(row["prev_hash"]) != previous:
+                    return self._refuse_to_sign(row["seq"], "the chain does not link")
+                if chain_hash(previous, record) != bytes(row["hash"]):
+                    return self._refuse_to_sign(row["seq"], "a row does not match its hash")
+                previous, previous_seq = bytes(row["hash"]), row["seq"]
+        return True
+
+    async def _newest_valid_checkpoint(self, connection: asyncpg.Connection) -> tuple[int, bytes]:
+        assert self._signing_key is not None
+        verify_key = self._signing_key.verify_key
+        rows = await connection.fetch(
+            "SELECT seq, hash, signed_at, signature FROM tv_audit_checkpoints"
+            " WHERE key_id = $1 ORDER BY seq DESC LIMIT 20",
+            key_id(verify_key),
+        )
+        for row in rows:
+            if is_valid_checkpoint_signature(
+                verify_key,
+                row["seq"],
+                bytes(row["hash"]),
+                format_timestamp(row["signed_at"]),
+                bytes(row["signature"]),
+            ):
+                return int(row["seq"]), bytes(row["hash"])
+        return 0, GENESIS_HASH
+
+    def _refuse_to_sign(self, seq: int, reason: str) -> bool:
+        logger.error(
+            "audit chain does not verify at seq %d (%s): no checkpoint is signed until it is"
+            " investigated",
+            seq,
+            reason,
+        )
+        return False
 
     # Sink and logging
 
@@ -414,3 +490,27 @@ class AuditTrail:
 def _open_sink(path: Path | str) -> TextIO:
     # Line buffering is not needed: every batch is flushed as soon as it is written.
     return open(path, "a", encoding="utf-8")
+
+
+def _read_head_file(path: Path | None) -> tuple[int, bytes] | None:
+    if path is None:
+        return None
+    try:
+        seq_text, hash_hex = path.read_text().split()
+        return int(seq_text), bytes.fromhex(hash_hex)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        logger.error("audit head file %s is unreadable; checking the chain from its start", path)
+        return None
+
+
+def _write_head_file(path: Path | None, head: tuple[int, bytes]) -> None:
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(f"{head[0]} {head[1].hex()}\n")
+        partial.replace(path)
+    except OSError as exc:
+        logger.error("audit head file %s could not be written: %s", path, exc.strerror)

@@ -74,10 +74,18 @@ class VerifyReport:
             return f"audit trail broken at {self.broken}"
         span = f" (seq {self.first_seq} to {self.last_seq})" if self.first_seq is not None else ""
         signed = "none" if self.last_signed_seq is None else str(self.last_signed_seq)
-        return (
+        line = (
             f"audit trail intact: {self.events} events{span}, {self.checkpoints} checkpoints,"
             f" last signed seq {signed}"
         )
+        unsigned = (self.last_seq or 0) - (self.last_signed_seq or 0)
+        if unsigned > 0:
+            # Only a signature vouches for the rows it covers: say how many are not covered.
+            line += (
+                f"; warning: {unsigned} events after the last signed seq are not covered by a"
+                " signature (compare with an earlier export to detect truncation there)"
+            )
+        return line
 
 
 @dataclass(frozen=True)
