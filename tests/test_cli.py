@@ -255,7 +255,8 @@ def test_keys_cli_rotates_and_reencrypts(service: ServiceHarness) -> None:
     listing = tokenvault("keys", "list", *_admin_flags(service), "--template", "email", "--json")
     assert listing.returncode == 0, listing.stderr
     versions = json.loads(listing.stdout)
-    assert "aead" in listing.stdout and "decrypt_only" in listing.stdout, versions
+    assert "aead" in listing.stdout, versions
+    assert "decrypt_only" in listing.stdout, versions
 
     revealed = tokenvault(
         "detokenize",

@@ -190,7 +190,8 @@ class KeyAdminServicer(pb_grpc.KeyAdminServicer):
         return await run_admin_call(self._guard, context, "KeyAdmin", method, ADMIN_SCOPE, run)
 
 
-def _timestamp(moment: datetime | None) -> Timestamp | None:
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    """Convert a datetime (or None, for an unset field) to a protobuf Timestamp."""
     if moment is None:
         return None
     stamp = Timestamp()
@@ -207,8 +208,8 @@ def _key_version(info: KeyVersionInfo) -> pb.KeyVersion:
         kek_provider=info.kek.provider,
         kek_key_id=info.kek.key_id,
         kek_version=info.kek.version,
-        created_at=_timestamp(info.created_at),
-        updated_at=_timestamp(info.updated_at),
+        created_at=timestamp(info.created_at),
+        updated_at=timestamp(info.updated_at),
         rows=info.rows or 0,
         rows_known=info.rows is not None,
     )
@@ -226,9 +227,9 @@ def _job(job: JobStatus) -> pb.ReencryptionJob:
         rows_left=job.rows_left,
         rows_per_second=job.rows_per_second or 0.0,
         started_by=job.started_by,
-        started_at=_timestamp(job.started_at),
-        updated_at=_timestamp(job.updated_at),
-        finished_at=_timestamp(job.finished_at),
+        started_at=timestamp(job.started_at),
+        updated_at=timestamp(job.updated_at),
+        finished_at=timestamp(job.finished_at),
         error=job.error or "",
     )
 
@@ -242,16 +243,16 @@ def _destroy_request(request: DestroyRequest) -> pb.DestroyRequest:
         force=request.force,
         status=request.status,
         proposed_by=request.proposed_by,
-        proposed_at=_timestamp(request.proposed_at),
+        proposed_at=timestamp(request.proposed_at),
         approved_by=request.approved_by or "",
-        approved_at=_timestamp(request.approved_at),
+        approved_at=timestamp(request.approved_at),
     )
 
 
 def _event(event: KeyEvent) -> pb.KeyEvent:
     return pb.KeyEvent(
         id=event.id,
-        occurred_at=_timestamp(event.occurred_at),
+        occurred_at=timestamp(event.occurred_at),
         template=event.template,
         purpose=event.purpose.value,
         version=event.version,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from tokenvault.v1 import caller_admin_pb2 as pb
 from tokenvault.v1 import caller_admin_pb2_grpc as pb_grpc
 
 from vault.access.revocation import Revocation
 from vault.access.suspension import Suspension
+from vault.admin_servicer import timestamp as _timestamp
 from vault.caller_admin import CallerAdministration
 from vault.guard import CallGuard, run_admin_call
 from vault.identity import Caller
@@ -130,14 +129,6 @@ def _subject(
     if chosen == "serial":
         return None, request.serial
     return None, None
-
-
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _revocation(revocation: Revocation) -> pb.Revocation:

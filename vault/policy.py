@@ -125,7 +125,7 @@ class AnomalyRule:
 
 @dataclass(frozen=True)
 class CallerPolicy:
-    """Everything the policy says about one identity.
+    """The policy's rules for one identity.
 
     ``fingerprints``: if not empty, the client certificate's SHA-256 fingerprint (lower-case
     hex) must be one of them. ``source_networks``: if not empty, the peer address must be in one.
@@ -171,7 +171,7 @@ class Policy:
         return self.scopes_by_identity.get(identity, frozenset())
 
     def allows(self, identity: str, operation: str, template: str | None = None) -> bool:
-        """Return whether ``identity`` holds ``operation`` (for ``template``, or ``*``)."""
+        """Return whether ``identity`` has the scope ``operation`` (for ``template``, or ``*``)."""
         granted = self.scopes(identity)
         if template is None:
             return operation in granted

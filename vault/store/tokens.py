@@ -49,8 +49,11 @@ _LIVE = "(t.expires_at IS NULL OR t.expires_at > now())"
 
 
 class StaleDataKey(Exception):
-    """A row was sealed with a key version that is no longer active (another replica rotated
-    or destroyed it); the caller drops its cached keys for ``template`` and seals again."""
+    """A row was sealed with a key version that is no longer active.
+
+    Another replica rotated or destroyed it, so the caller drops its cached keys for
+    ``template`` and seals the row again.
+    """
 
     def __init__(self, template: str) -> None:
         super().__init__(template)
@@ -61,7 +64,7 @@ async def _lock_active_keys(connection: asyncpg.Connection, rows: Sequence[NewTo
     """Share-lock the key versions the rows use and check that each is still active.
 
     A destruction locks the same key row for update before it counts the rows a version
-    protects, so either it sees these rows, or these rows see the version is gone.
+    protects. So either the count includes these rows, or this insert finds the version gone.
     """
     wanted = {(row.template, "aead", row.key_version) for row in rows}
     wanted |= {
