@@ -77,6 +77,9 @@ class CallGuard:
     ) -> AsyncIterator[GuardedCall]:
         """Run the checks, yield the call to the handler, and turn any error into a status.
 
+        NOTE: a request whose bytes do not parse never reaches this code: gRPC answers it with
+        UNKNOWN before any handler runs, so it is neither audited nor rate-limited.
+
         Refused calls are always audited. With ``audit_every_call`` (administration calls),
         every call is audited as ``<operation>.<method>`` whatever its outcome.
         """

@@ -252,7 +252,10 @@ class TokenizationService:
             raise errors[0]  # type: ignore[misc]
 
     async def _check_anomaly(self, call: CallInfo, items: int) -> None:
-        """Reject the call and suspend the caller if its anomaly rule requires it."""
+        """Reject the call and suspend the caller if its anomaly rule requires it.
+
+        NOTE: the guard has already charged the call to the caller's rate limit by now.
+        """
         rules = self._policy().caller(call.caller.identity)
         if self._anomaly is None or rules is None or rules.anomaly is None or items == 0:
             return
