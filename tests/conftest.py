@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-# The embedded PostgreSQL and SoftHSM are started by fork/exec while gRPC threads run; gRPC's
-# fork handlers are not needed for that and print a notice each time.
+# The embedded PostgreSQL and SoftHSM are started by fork/exec while gRPC threads run. gRPC's
+# fork handlers are not needed for that, and they print a notice each time.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from keys import softhsm  # noqa: E402

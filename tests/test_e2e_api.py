@@ -374,6 +374,7 @@ def test_detokenize_is_audited_without_values(service: ServiceHarness) -> None:
     assert masked[-1]["outcome"] == "ok"
     assert masked[-1]["token_digests"] == [token_digest("pan", tokens[0])]
     assert len(masked[-1]["fingerprint"]) == 64
+    assert masked[-1]["peer"] == "127.0.0.1"
     text = " ".join(str(value) for row in rows for value in dict(row).values())
     for pan in PANS:
         assert pan not in text

@@ -195,7 +195,9 @@ def test_rotation_under_traffic_keeps_every_token(service: ServiceHarness) -> No
             assert finished.rows_done == finished.rows_total
         listing = stub.ListKeys(pb.ListKeysRequest(template="pan"), timeout=10)
     old_aead = [k for k in listing.keys if k.purpose == "aead" and k.version == 1]
-    assert old_aead and old_aead[0].rows_known and old_aead[0].rows == 0
+    assert len(old_aead) == 1
+    assert old_aead[0].rows_known
+    assert old_aead[0].rows == 0
     _assert_all_reveal(service, before)
     _assert_all_reveal(service, after)
 

@@ -1,9 +1,9 @@
 """Key administration: which keys a template's rotation touches, and background re-encryption.
 
-The key lifecycle itself (states, dual control, rewrap) is in ``keys.lifecycle``; this module
+The key lifecycle itself (states, dual control, rewrap) is in ``keys.lifecycle``, and this module
 adds what depends on templates. A vaulted template rotates its AES-GCM key, and its index key
 too when it is convergent. A vaultless template rotates its FF1 key only when its tokens carry
-a key version; otherwise the FF1 key is pinned and the rotation is refused.
+a key version. Otherwise the FF1 key is pinned, and a rotation is rejected.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Protocol
 
+from vault.access.gate import parse_peer
 from vault.audit.events import AuditEvent, split_by_digests, token_digest
 from vault.audit.trail import AuditTrail
 from vault.identity import CallInfo
@@ -13,12 +14,12 @@ from vault.telemetry import Telemetry
 
 
 def _event(call: CallInfo, **fields: object) -> AuditEvent:
-    peer = call.peer.split(":", 1)[1].rsplit(":", 1)[0] if ":" in call.peer else call.peer
+    address = parse_peer(call.peer)
     return AuditEvent(
         caller=call.caller.identity,
         fingerprint=call.caller.fingerprint_sha256,
         trace_id=call.trace_id,
-        peer=peer.strip("[]"),
+        peer=str(address) if address is not None else "",
         request_id=call.request_id,
         **fields,  # type: ignore[arg-type]
     )
@@ -99,7 +100,7 @@ def safe_template(name: str, known: Mapping[str, object]) -> str:
 
 
 class AuditRecorder(Protocol):
-    """What the service and the guard need from the audit trail."""
+    """The part of the audit trail that the service and the guard use."""
 
     async def record(self, events: Sequence[AuditEvent], *, durable: bool) -> None: ...
 

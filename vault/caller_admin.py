@@ -42,8 +42,8 @@ class CallerAdministration:
     ) -> Revocation:
         """Revoke an identity or a certificate serial (hex); exactly one must be given.
 
-        An administrator cannot revoke its own identity: that could leave nobody able to
-        restore it.
+        An administrator cannot revoke its own identity, because that could leave no
+        administrator able to restore it.
         """
         check_free_text("reason", reason)
         if identity is not None:

@@ -21,7 +21,7 @@ _IBAN_LIKE = re.compile(r"[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}")
 
 
 def check_free_text(field_name: str, text: str) -> None:
-    """Raise InvalidValue naming ``field_name`` if ``text`` holds a control character, a card
+    """Raise InvalidValue naming ``field_name`` if ``text`` contains a control character, a card
     number or an IBAN; the message never repeats the text."""
     if _CONTROL_CHARACTER.search(text):
         raise InvalidValue(field_name, "must not contain control characters")

@@ -1,10 +1,10 @@
-"""What every RPC goes through before and after its handler.
+"""The checks every RPC passes before its handler, and the status it leaves with.
 
-In order: a request id and a server span; the caller's identity from its client certificate;
-the access gate (revoked, suspended, certificate pin, source address); the caller's concurrency
-slot and rate limit. A call refused by any of these is audited as denied. Any error, from
-these checks or from the handler, leaves as a status with a safe message, and a rate-limited
-call also gets ``retry-after`` (seconds) in its trailing metadata.
+The steps, in order: a request id and a server span. The caller's identity from its client
+certificate. The access gate (revoked, suspended, certificate pin, source address). Then the
+caller's concurrency slot and rate limit. A call rejected by any of these is audited as denied.
+Any error, from these checks or from the handler, leaves as a status with a safe message, and
+a rate-limited call also gets ``retry-after`` (seconds) in its trailing metadata.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ class CallGuard:
     ) -> AsyncIterator[GuardedCall]:
         """Run the checks, yield the call to the handler, and turn any error into a status.
 
-        NOTE: a request whose bytes do not parse never reaches this code: gRPC answers it with
-        UNKNOWN before any handler runs, so it is neither audited nor rate-limited.
+        NOTE: a request whose bytes do not parse never reaches this code, because gRPC rejects
+        it with UNKNOWN before any handler runs. So it is neither audited nor rate-limited.
 
         Refused calls are always audited. With ``audit_every_call`` (administration calls),
         every call is audited as ``<operation>.<method>`` whatever its outcome.

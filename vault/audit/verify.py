@@ -80,7 +80,7 @@ class VerifyReport:
         )
         unsigned = (self.last_seq or 0) - (self.last_signed_seq or 0)
         if unsigned > 0:
-            # Only a signature vouches for the rows it covers: say how many are not covered.
+            # Only a signature vouches for the rows it covers, so report how many it does not.
             line += (
                 f"; warning: {unsigned} events after the last signed seq are not covered by a"
                 " signature (compare with an earlier export to detect truncation there)"

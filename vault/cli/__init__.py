@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 
-# The embedded PostgreSQL is started with fork/exec while gRPC threads run; gRPC's fork
-# handlers are not needed for that and would log a notice on every start and stop.
+# The embedded PostgreSQL is started with fork/exec while gRPC threads run. gRPC's fork
+# handlers are not needed for that, and they would log a notice on every start and stop.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from collections.abc import Sequence
 

@@ -1,6 +1,6 @@
 """Vaulted tokens: a random token in the template's format, the value stored encrypted.
 
-The canonical value is encrypted with the template's AES-256-GCM key; the associated data binds
+The canonical value is encrypted with the template's AES-256-GCM key. The associated data binds
 the template, the canonical token and the key version, so a ciphertext copied to another row
 does not decrypt. Convergent templates also store an HMAC-SHA256 of the value under the
 template's index key, so the same value finds its existing token without an unkeyed hash.

@@ -45,7 +45,7 @@ def _migrations() -> list[tuple[int, str, str]]:
 
 
 async def migrate(pool: asyncpg.Pool) -> int:
-    """Apply the migrations this build knows and the database lacks; return the schema version.
+    """Apply the migrations this build contains and the database lacks; return the schema version.
 
     An advisory lock serialises replicas that start at the same time.
     """

@@ -162,7 +162,7 @@ class TemplateList:
     """Response of ListTemplates."""
 
     templates: tuple[TemplateInfo, ...]
-    # Largest number of items the server accepts in one request; 0 if the server did not say.
+    # Largest number of items the server accepts in one request; 0 if the server sent none.
     max_batch_items: int
 
     @classmethod
