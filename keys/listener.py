@@ -12,6 +12,7 @@ import asyncpg
 
 from keys.datakeys import DataKeyManager
 from keys.lifecycle import NOTIFY_CHANNEL
+from vault.asynctools import cancel_and_wait, wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,7 @@ class KeyChangeListener:
         """Stop the background task and close the connection."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([task], "the data key listener")
         await self._close_connection()
         logger.info("stopped listening for data key changes")
 
@@ -106,11 +103,8 @@ class KeyChangeListener:
     async def _wait_until_lost(self) -> None:
         connection = self._connection
         while connection is not None and not connection.is_closed():
-            try:
-                await asyncio.wait_for(self._lost.wait(), self._health_check_interval)
+            if await wait_event(self._lost, self._health_check_interval):
                 return
-            except TimeoutError:
-                pass
             try:
                 await connection.fetchval("SELECT 1", timeout=5)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from vault.asynctools import cancel_and_wait, wait_event
 from vault.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -112,13 +113,7 @@ class AccessTableWatcher:
     async def stop(self) -> None:
         """Stop both tasks and close the listening connection."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(tasks, f"the {self._table} watcher")
         await self._close_connection()
         logger.info("stopped watching %s", self._table)
 
@@ -145,10 +140,7 @@ class AccessTableWatcher:
 
     async def _poll(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._poll_seconds)
             # Cleared before the reload, so a notification that arrives during it causes one more.
             self._wake.clear()
             try:
@@ -200,11 +192,8 @@ class AccessTableWatcher:
     async def _wait_until_lost(self) -> None:
         connection = self._connection
         while connection is not None and not connection.is_closed():
-            try:
-                await asyncio.wait_for(self._lost.wait(), self._health_check_interval)
+            if await wait_event(self._lost, self._health_check_interval):
                 return
-            except TimeoutError:
-                pass
             try:
                 await connection.fetchval("SELECT 1", timeout=5)
             except _DATABASE_ERRORS as exc:

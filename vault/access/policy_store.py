@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vault.asynctools import cancel_and_wait
 from vault.errors import ConfigError
 from vault.policy import Policy, parse_policy_bytes
 
@@ -135,11 +136,7 @@ class PolicyStore:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait([task], "the policy file poll")
 
     # -- polling
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import asyncpg
 import nacl.signing
 
+from vault.asynctools import wait_event
 from vault.audit.chain import EVENT_FIELDS, GENESIS_HASH, chain_hash, event_fields, format_timestamp
 from vault.audit.events import AuditEvent
 from vault.audit.export import checkpoint_record, dump_record, event_record
@@ -248,10 +249,7 @@ class AuditTrail:
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float | None) -> None:
         """Wait until ``event`` is set or ``seconds`` pass. With None, wait for the event only."""
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            pass
+        await wait_event(event, seconds)
 
     def _take_batch(self) -> list[_Entry]:
         """Take whole entries up to batch_max events; an entry larger than that goes alone."""
